@@ -1,0 +1,1 @@
+"""Thin Typer commands, one per DVC stage: `python -m stages <name> --help`."""

@@ -1,0 +1,196 @@
+"""One command per DVC stage. Options carry only paths and names; the numbers that change
+results come from the stage's own `params.yaml` sections (validated before any work)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+import typer
+
+from vla_pipeline.errors import PipelineError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="vla-pipeline stages (see dvc.yaml).")
+
+PARAMS = typer.Option(Path("params.yaml"), "--params", help="Params file (validated as a whole).")
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Print a PipelineError as one clear message and exit 1 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except PipelineError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _echo_json(obj: dict) -> None:
+    typer.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+@app.command("collect-demos")
+@user_errors
+def collect_demos_cmd(
+    out: Path = typer.Option(Path("data/buffers/demos"), help="Snapshot directory to write."),
+    metrics: Path = typer.Option(Path("data/metrics/demos.json"), help="Counts per task (JSON)."),
+    params_file: Path = PARAMS,
+):
+    """Scripted-expert demonstrations -> Parquet snapshot."""
+    from vla_pipeline.config import load_params
+    from vla_pipeline.demos import collect_demos
+    from vla_pipeline.io import atomic_directory, write_json_atomic
+
+    params = load_params(params_file)
+    with atomic_directory(out) as tmp:
+        summary = collect_demos(params, tmp)
+    write_json_atomic(metrics, {"tasks": summary["manifest"]["tasks"], "expert": summary["expert"],
+                                "total_episodes": summary["manifest"]["total_episodes"],
+                                "total_steps": summary["manifest"]["total_rows"]})
+    _echo_json({k: summary[k] for k in ("env_steps", "renders", "wall_seconds", "env_steps_per_s",
+                                        "renders_per_s", "renders_per_s_per_worker")})
+
+
+@app.command("sft")
+@user_errors
+def sft_cmd(
+    demos: Path = typer.Option(Path("data/buffers/demos"), help="Demo snapshot to clone."),
+    out: Path = typer.Option(Path("data/checkpoints/sft"), help="Checkpoint directory to write."),
+    curve: Path = typer.Option(Path("data/metrics/train-sft.json"), help="Loss curve (JSON records)."),
+    params_file: Path = PARAMS,
+):
+    """Supervised warm start of the VLA on the demo snapshot."""
+    import torch
+
+    from vla_pipeline.checkpoint import save_policy
+    from vla_pipeline.config import load_params
+    from vla_pipeline.data.snapshot import load_snapshot
+    from vla_pipeline.envs.tasks import resolve_tasks
+    from vla_pipeline.io import atomic_directory, write_json_atomic
+    from vla_pipeline.policies.factory import build_policy
+    from vla_pipeline.sft import train_sft
+
+    params = load_params(params_file)
+    torch.set_num_threads(params.sft.num_threads)
+    tasks = resolve_tasks(params.env)
+    table, manifest = load_snapshot(demos, tasks)
+    missing = sorted(set(tasks) - set(table.task))
+    if missing:
+        raise PipelineError(f"{demos} has no demos for tasks {missing}")
+    snapshot_shape = tuple(manifest["image_shape"])
+    if snapshot_shape != (params.env.image_size, params.env.image_size, 3):
+        raise PipelineError(f"{demos}: images are {snapshot_shape}, env.image_size is {params.env.image_size}")
+    policy = build_policy(params.policy, params.env, tasks)
+    result = train_sft(policy, table, params)
+    with atomic_directory(out) as tmp:
+        save_policy(policy, tmp, {"stage": "sft", "steps": params.sft.steps, "final_loss": result.final_loss,
+                                  "skipped_batches": result.skipped_batches, "demos": manifest["tasks"]})
+    write_json_atomic(curve, result.curve)
+    _echo_json({"final_loss": result.final_loss, "skipped_batches": result.skipped_batches})
+
+
+@app.command("evaluate")
+@user_errors
+def evaluate_cmd(
+    checkpoint: Path = typer.Option(..., help="Policy checkpoint directory."),
+    name: str = typer.Option(..., help="Name of this row in tables (e.g. sft, r01)."),
+    metrics: Path = typer.Option(..., help="Metrics JSON to write."),
+    table: Path = typer.Option(..., help="Per-task records for dvc plots (JSON)."),
+    videos: Path = typer.Option(..., help="Directory for rollout videos."),
+    params_file: Path = PARAMS,
+):
+    """Evaluate a checkpoint on the fixed episode list."""
+    import torch
+
+    from vla_pipeline.checkpoint import load_policy
+    from vla_pipeline.config import load_params
+    from vla_pipeline.envs.tasks import resolve_tasks
+    from vla_pipeline.evaluation import build_metrics, evaluate_policy, record_videos, task_table, write_video
+    from vla_pipeline.io import atomic_directory, write_json_atomic
+
+    params = load_params(params_file)
+    torch.set_num_threads(params.evaluate.num_threads)
+    policy = load_policy(checkpoint, params.evaluate.device)
+    tasks = resolve_tasks(params.env)
+    _check_policy_fits_env(policy, params, tasks, checkpoint)
+    results, counters = evaluate_policy(policy, params.env, params.evaluate)
+    metrics_obj = build_metrics(results, tasks, params.env.max_episode_steps, _header(name, params))
+    with atomic_directory(videos) as tmp:
+        for spec, frames, success in record_videos(policy, params.env, params.evaluate, params.evaluate.videos):
+            stem = f"{spec.task}-var{spec.variation:02d}-{'success' if success else 'fail'}"
+            write_video(tmp / f"{stem}.mp4", frames, params.evaluate.video_scale)
+    write_json_atomic(table, task_table(metrics_obj, name))
+    write_json_atomic(metrics, metrics_obj)
+    _echo_json({"name": name, **{k: metrics_obj[k] for k in ("all", "heldout", "train") if k in metrics_obj},
+                "counters": counters})
+
+
+@app.command("evaluate-expert")
+@user_errors
+def evaluate_expert_cmd(
+    metrics: Path = typer.Option(Path("data/metrics/eval-expert.json"), help="Metrics JSON to write."),
+    table: Path = typer.Option(Path("data/metrics/eval-expert-tasks.json"), help="Per-task records."),
+    params_file: Path = PARAMS,
+):
+    """The scripted expert on the same fixed episode list: the ceiling row."""
+    from vla_pipeline.config import load_params
+    from vla_pipeline.envs.tasks import resolve_tasks
+    from vla_pipeline.evaluation import build_metrics, evaluate_expert, task_table
+    from vla_pipeline.io import write_json_atomic
+
+    params = load_params(params_file)
+    results, counters = evaluate_expert(params.env, params.evaluate)
+    metrics_obj = build_metrics(results, resolve_tasks(params.env), params.env.max_episode_steps,
+                                _header("expert", params))
+    write_json_atomic(table, task_table(metrics_obj, "expert"))
+    write_json_atomic(metrics, metrics_obj)
+    _echo_json({"all": metrics_obj["all"], "counters": counters})
+
+
+@app.command("check-params")
+@user_errors
+def check_params_cmd(params_file: Path = PARAMS):
+    """Validate a params file and print it with every default filled in."""
+    from vla_pipeline.config import load_params
+
+    _echo_json(load_params(params_file).model_dump())
+
+
+def _header(name: str, params) -> dict:
+    from vla_pipeline.checkpoint import software_versions
+
+    versions = software_versions()
+    return {"policy": name, "protocol": {
+        "horizon": params.env.max_episode_steps, "camera": params.env.camera,
+        "image_size": params.env.image_size, "episodes_heldout_per_task": params.evaluate.episodes_heldout,
+        "episodes_seen_per_task": params.evaluate.episodes_seen, "seed": params.evaluate.seed,
+        "deterministic": params.evaluate.deterministic, "metaworld": versions["metaworld"],
+        "mujoco": versions["mujoco"], "reward": params.env.reward}}
+
+
+def _check_policy_fits_env(policy, params, tasks, checkpoint: Path) -> None:
+    spec = policy.config.env_spec
+    if spec.get("image_size") != params.env.image_size or spec.get("camera") != params.env.camera:
+        raise PipelineError(
+            f"{checkpoint} was trained on camera {spec.get('camera')!r} at {spec.get('image_size')} px; "
+            f"params.yaml asks for {params.env.camera!r} at {params.env.image_size} px"
+        )
+    unknown = sorted(set(tasks) - set(policy.config.task_names))
+    if unknown:
+        raise PipelineError(f"{checkpoint} does not know tasks {unknown}")
+
+
+def main() -> None:
+    app(prog_name="python -m stages")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""One pydantic model per `params.yaml` section.
+
+Unknown keys, wrong types and impossible values fail before any work starts, with one
+message naming the file and the dotted key. Stages read only their own sections; the CLI
+carries paths and names, never hyper-parameters.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from vla_pipeline.errors import PipelineError
+
+DEFAULT_PARAMS_FILE = "params.yaml"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RenderConfig(Section):
+    """MuJoCo visual options. The defaults are the fast CPU settings (env-probe.md 1)."""
+
+    multisampling: bool = False  # 4x MSAA costs ~5x render time on Mesa's CPU EGL
+    shadows: bool = False
+    reflections: bool = False
+    skybox: bool = False
+
+
+class EnvConfig(Section):
+    """What the policy sees and how episodes run (shared by every stage that steps envs)."""
+
+    suite: Literal["mt10", "custom"] = "mt10"
+    tasks: list[str] = Field(default_factory=list)  # used when suite == custom
+    instruction_style: Literal["natural", "env_name"] = "natural"
+    camera: str = "corner4"
+    image_size: int = Field(84, ge=16, le=512)
+    max_episode_steps: int = Field(300, ge=1, le=500)  # MetaWorld refuses steps past 500
+    reward: Literal["sparse", "dense"] = "sparse"
+    step_cost: float = Field(0.0, ge=0.0)  # subtracted every step (sparse reward option)
+    terminate_on_success: bool = True
+    variation_seed: int = Field(0, ge=0)  # seed of metaworld.MT1(task, seed).train_tasks
+    train_variations: int = Field(40, ge=1, le=49)  # first N of 50 are train, rest held out
+    num_envs: int = Field(2, ge=1, le=256)  # envs stepped in lockstep, one policy batch
+    vector: Literal["sync", "async"] = "async"  # async = one spawned process per env
+    render: RenderConfig = RenderConfig()
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_tasks(cls, tasks: list[str]) -> list[str]:
+        if len(set(tasks)) != len(tasks):
+            raise ValueError("tasks must not repeat")
+        return tasks
+
+    @model_validator(mode="after")
+    def _check_tasks_and_camera(self) -> "EnvConfig":
+        from vla_pipeline.envs.tasks import check_camera_name, check_task_names
+
+        if self.suite == "custom":
+            if not self.tasks:
+                raise ValueError("suite 'custom' needs a non-empty 'tasks' list")
+            check_task_names(self.tasks)
+        elif self.tasks:
+            raise ValueError("'tasks' is only read when suite is 'custom'")
+        check_camera_name(self.camera)
+        return self
+
+
+class DemosConfig(Section):
+    """Scripted-expert demonstrations (collect_demos stage)."""
+
+    episodes_per_task: int = Field(20, ge=1)
+    action_noise: float = Field(0.1, ge=0.0, le=1.0)  # Gaussian std, clipped to [-1, 1]
+    seed: int = Field(0, ge=0)
+    only_successes: bool = True  # keep only episodes the expert solved
+    rows_per_row_group: int = Field(2048, ge=1)
+
+
+class VisionConfig(Section):
+    pretrained: Optional[str] = None  # local path or hub id of a transformers vision model
+    embedding_size: int = Field(32, ge=1)
+    hidden_sizes: list[int] = Field(default_factory=lambda: [32, 64, 128, 256], min_length=1)
+    depths: list[int] = Field(default_factory=lambda: [1, 1, 1, 1], min_length=1)
+
+    @model_validator(mode="after")
+    def _same_length(self) -> "VisionConfig":
+        if len(self.hidden_sizes) != len(self.depths):
+            raise ValueError("hidden_sizes and depths must have the same length")
+        if min(self.hidden_sizes) < 1 or min(self.depths) < 1:
+            raise ValueError("hidden_sizes and depths must be positive")
+        return self
+
+
+class TextConfig(Section):
+    pretrained: Optional[str] = None  # local path or hub id of a T5-style encoder
+    d_model: int = Field(64, ge=8)
+    num_layers: int = Field(1, ge=1)
+    num_heads: int = Field(4, ge=1)
+    max_length: int = Field(48, ge=4)
+    tokens: Literal["pooled", "all"] = "pooled"  # fuse one pooled token or every byte token
+    freeze: bool = False
+
+
+class PolicyConfig(Section):
+    """The VLA's shape: what `VLAConfig` is built from."""
+
+    chunk_len: int = Field(4, ge=1, le=64)
+    d_model: int = Field(128, ge=8)
+    fusion_layers: int = Field(2, ge=1)
+    fusion_heads: int = Field(4, ge=1)
+    fusion_ff: int = Field(256, ge=8)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    init_log_std: float = Field(math.log(0.25), ge=-10, le=2)
+    vision: VisionConfig = VisionConfig()
+    text: TextConfig = TextConfig()
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "PolicyConfig":
+        if self.d_model % self.fusion_heads:
+            raise ValueError("d_model must be divisible by fusion_heads")
+        if self.text.d_model % self.text.num_heads:
+            raise ValueError("text.d_model must be divisible by text.num_heads")
+        return self
+
+
+class SFTConfig(Section):
+    """Supervised warm start on the demo snapshot."""
+
+    steps: int = Field(3000, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(3e-4, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    warmup_steps: int = Field(100, ge=0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    loss: Literal["mse", "nll"] = "mse"
+    augment_shift: int = Field(4, ge=0)  # random-shift augmentation in pixels
+    seed: int = Field(0, ge=0)
+    device: str = "cpu"
+    num_threads: int = Field(2, ge=1)
+    log_every: int = Field(50, ge=1)
+    max_skipped_batches: int = Field(0, ge=0)  # non-finite batches tolerated before failing
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, device: str) -> str:
+        if device != "cpu" and not device.startswith("cuda"):
+            raise ValueError("device must be 'cpu' or 'cuda[:N]'")
+        return device
+
+
+class EvaluateConfig(Section):
+    """The fixed evaluation protocol (ARCHITECTURE section 7)."""
+
+    episodes_heldout: int = Field(10, ge=0)  # per task, on held-out variations
+    episodes_seen: int = Field(5, ge=0)  # per task, on train variations
+    seed: int = Field(1000, ge=0)
+    deterministic: bool = True  # act with the mean of the action head
+    videos: int = Field(3, ge=0)  # rollout videos per checkpoint
+    video_scale: int = Field(3, ge=1, le=8)
+    num_threads: int = Field(2, ge=1)
+    device: str = "cpu"
+
+    @model_validator(mode="after")
+    def _some_episodes(self) -> "EvaluateConfig":
+        if self.episodes_heldout + self.episodes_seen < 1:
+            raise ValueError("episodes_heldout + episodes_seen must be at least 1")
+        return self
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "env": EnvConfig,
+    "demos": DemosConfig,
+    "policy": PolicyConfig,
+    "sft": SFTConfig,
+    "evaluate": EvaluateConfig,
+}
+
+
+class Params(BaseModel):
+    """The whole params file, validated at once so a typo anywhere is caught early."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    env: EnvConfig = EnvConfig()
+    demos: DemosConfig = DemosConfig()
+    policy: PolicyConfig = PolicyConfig()
+    sft: SFTConfig = SFTConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+
+def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names valid at `loc` (for 'did you mean' hints)."""
+    current: Any = model
+    for part in loc[:-1]:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = field.annotation
+    return list(getattr(current, "model_fields", {}))
+
+
+def _format_error(err: dict, source: str) -> str:
+    loc = tuple(p for p in err["loc"] if isinstance(p, (str, int)))
+    key = ".".join(str(p) for p in loc) or "<top level>"
+    if err["type"] == "extra_forbidden":
+        hint = difflib.get_close_matches(str(loc[-1]), _known_keys(Params, loc), n=1)
+        extra = f" (did you mean '{'.'.join(map(str, loc[:-1] + (hint[0],)))}'?)" if hint else ""
+        return f"{source}: unknown key '{key}'{extra}"
+    msg = err["msg"].removeprefix("Value error, ")
+    value = err.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    return f"{source}: {key}: {msg}{shown}"
+
+
+def parse_params(raw: Any, source: str = DEFAULT_PARAMS_FILE) -> Params:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_format_error(e, source) for e in exc.errors()]
+        raise PipelineError("invalid parameters:\n  " + "\n  ".join(lines)) from None
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS_FILE) -> Params:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PipelineError(f"params file not found: {path}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"{path}: not valid YAML: {exc}") from None
+    return parse_params(raw, source=str(path))

@@ -1,0 +1,1 @@
+"""Versioned Parquet buffer snapshots and the chunk-window dataset built on them."""

@@ -1,0 +1,49 @@
+"""Action-chunk windows: the target for step t is a[t:t+K], padded at the episode end."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vla_pipeline.data.snapshot import StepTable
+
+
+def chunk_window_indices(step: np.ndarray, episode_length: np.ndarray, chunk_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """For every row i: row indices of a[t:t+K] and a mask that is 0 past the episode end.
+
+    Rows must be ordered by (episode, step). Padded positions repeat the episode's last row
+    (so gathers stay in range) and carry mask 0, so they never reach the loss.
+    """
+    n = len(step)
+    offsets = np.arange(chunk_len)
+    remaining = (episode_length - step)[:, None]  # steps left, including this one
+    mask = offsets[None, :] < remaining
+    index = np.arange(n)[:, None] + np.minimum(offsets[None, :], remaining - 1)
+    return index.astype(np.int64), mask.astype(np.float32)
+
+
+class ChunkWindows:
+    """Samples (observation at t, a[t:t+K], mask) batches from a decoded snapshot."""
+
+    def __init__(self, table: StepTable, chunk_len: int, task_names: list[str]):
+        self.table = table
+        self.chunk_len = chunk_len
+        self.index, self.mask = chunk_window_indices(table.step, table.episode_length, chunk_len)
+        lookup = {name: i for i, name in enumerate(task_names)}
+        unknown = sorted(set(table.task) - set(lookup))
+        if unknown:
+            raise ValueError(f"snapshot has tasks the policy does not know: {unknown}")
+        self.task_index = np.array([lookup[t] for t in table.task], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        from vla_pipeline import constants as C
+
+        return {
+            C.OBS_IMAGE: self.table.images[rows],
+            C.OBS_PROPRIO: self.table.proprio[rows],
+            C.OBS_TASK_INDEX: self.task_index[rows],
+            C.ACTION_CHUNK: self.table.action[self.index[rows]],
+            C.ACTION_MASK: self.mask[rows],
+        }

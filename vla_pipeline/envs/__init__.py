@@ -1,0 +1,1 @@
+"""MetaWorld tasks, guarded rendering, the chunk executor, vector envs and scripted experts."""

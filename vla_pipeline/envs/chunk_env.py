@@ -1,0 +1,211 @@
+"""The chunk executor and a gymnasium env whose step is one whole action chunk.
+
+One `step` runs K actions open loop, stops early on success / termination / time limit,
+and returns the discounted chunk reward R = sum_{i<n} gamma^i r_i and the number n of
+executed steps. The camera renders only at decision points (after reset and after each
+chunk), never in between, unless a video is being recorded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import gymnasium as gym
+import numpy as np
+
+from vla_pipeline.config import EnvConfig
+from vla_pipeline.constants import ACTION_DIM, OBS_IMAGE, OBS_PROPRIO, OBS_TASK_INDEX, PROPRIO_DIM
+from vla_pipeline.envs.sim import TaskSim
+from vla_pipeline.envs.tasks import EpisodeSpec, heldout_variations, resolve_tasks, train_variations
+
+
+@dataclass
+class ChunkResult:
+    steps: int  # executed steps n <= K
+    reward: float  # discounted chunk reward
+    rewards: list[float]
+    success: bool  # success flag seen inside the chunk
+    terminated: bool
+    truncated: bool
+
+
+def execute_chunk(
+    sim: TaskSim,
+    actions: np.ndarray,
+    gamma: float,
+    on_step: Optional[Callable[[TaskSim], None]] = None,
+) -> ChunkResult:
+    """Run the K actions of `actions` (K x 4) on `sim`, stopping at the episode's end."""
+    actions = np.asarray(actions, dtype=np.float64)
+    if actions.ndim != 2 or actions.shape[1] != ACTION_DIM or len(actions) < 1:
+        raise ValueError(f"expected an action chunk of shape (K>=1, {ACTION_DIM}), got {actions.shape}")
+    rewards: list[float] = []
+    success = terminated = truncated = False
+    for action in actions:
+        out = sim.step(action)
+        rewards.append(out.reward)
+        success |= out.success
+        if on_step is not None:
+            on_step(sim)
+        if out.terminated or out.truncated:
+            terminated, truncated = out.terminated, out.truncated
+            break
+    discounted = float(sum(r * gamma**i for i, r in enumerate(rewards)))
+    return ChunkResult(len(rewards), discounted, rewards, success, terminated, truncated)
+
+
+@dataclass
+class EpisodeQueue:
+    """Episodes an env runs in order; `cycle_seed` set = sample forever instead."""
+
+    episodes: Sequence[EpisodeSpec] = ()
+    cycle_seed: Optional[int] = None
+    tasks: Sequence[str] = ()
+    variations: Sequence[int] = ()
+    _cursor: int = field(default=0, repr=False)
+
+    def next(self, rng: np.random.Generator | None = None) -> Optional[EpisodeSpec]:
+        if self.cycle_seed is None:
+            if self._cursor >= len(self.episodes):
+                return None
+            spec = self.episodes[self._cursor]
+            self._cursor += 1
+            return spec
+        assert rng is not None
+        task = self.tasks[self._cursor % len(self.tasks)]  # round-robin keeps tasks balanced
+        self._cursor += 1
+        variation = int(rng.choice(np.asarray(self.variations)))
+        return EpisodeSpec(task, variation, int(rng.integers(2**31)), "train")
+
+
+class ChunkEnv(gym.Env):
+    """A MetaWorld multi-task env whose action is a chunk of K actions.
+
+    Observation: right-way-up RGB image, proprio (hand xyz + gripper), and the task's index
+    (the policy maps it to the task's instruction). Episodes come from an `EpisodeQueue`;
+    when it runs dry the env idles (`info["idle"]`) so vector envs can keep stepping.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, env_cfg: dict, chunk_len: int, gamma: float, queue: EpisodeQueue,
+                 record_frames: bool = False):
+        super().__init__()
+        self.cfg = EnvConfig.model_validate(env_cfg)
+        if chunk_len < 1:
+            raise ValueError("chunk_len must be >= 1")
+        self.tasks = resolve_tasks(self.cfg)
+        self.chunk_len = chunk_len
+        self.gamma = gamma
+        self.queue = queue
+        self.record_frames = record_frames
+        size = self.cfg.image_size
+        self.observation_space = gym.spaces.Dict({
+            OBS_IMAGE: gym.spaces.Box(0, 255, (size, size, 3), np.uint8),
+            OBS_PROPRIO: gym.spaces.Box(-np.inf, np.inf, (PROPRIO_DIM,), np.float32),
+            OBS_TASK_INDEX: gym.spaces.Discrete(len(self.tasks)),
+        })
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (chunk_len, ACTION_DIM), np.float32)
+        self._sims: dict[str, TaskSim] = {}
+        self._sim: Optional[TaskSim] = None
+        self._spec: Optional[EpisodeSpec] = None
+        self._rng = np.random.default_rng(queue.cycle_seed)
+        self._frames: list[np.ndarray] = []
+        self.renders = 0
+        self.env_steps = 0
+
+    def _sim_for(self, task: str) -> TaskSim:
+        # One sim per task, kept alive: recreating envs costs time, and freeing a renderer
+        # while another lives is what blanks frames (env-probe.md 2b).
+        if task not in self._sims:
+            self._sims[task] = TaskSim(task, self.cfg)
+        return self._sims[task]
+
+    def _observe(self) -> dict:
+        image = self._sim.render()
+        self.renders += 1
+        if self.record_frames:
+            self._frames.append(image)
+        return {
+            OBS_IMAGE: image,
+            OBS_PROPRIO: self._sim.proprio(),
+            OBS_TASK_INDEX: self.tasks.index(self._sim.task),
+        }
+
+    def _idle_obs(self) -> dict:
+        size = self.cfg.image_size
+        return {
+            OBS_IMAGE: np.zeros((size, size, 3), np.uint8),
+            OBS_PROPRIO: np.zeros(PROPRIO_DIM, np.float32),
+            OBS_TASK_INDEX: 0,
+        }
+
+    def _episode_info(self) -> dict:
+        spec = self._spec
+        return {"idle": spec is None, "task": spec.task if spec else "",
+                "variation": spec.variation if spec else -1, "split": spec.split if spec else "",
+                "episode_seed": spec.seed if spec else -1}
+
+    def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
+        super().reset(seed=seed)
+        self._spec = self.queue.next(self._rng)
+        self._frames = []
+        if self._spec is None:
+            self._sim = None
+            return self._idle_obs(), self._episode_info()
+        if self._spec.task not in self.tasks:
+            raise ValueError(f"task {self._spec.task} is not in this env's task list")
+        self._sim = self._sim_for(self._spec.task)
+        self._sim.reset(self._spec.variation)
+        return self._observe(), self._episode_info()
+
+    def step(self, action):
+        info = self._episode_info()
+        if self._sim is None:  # idle: nothing left to run
+            info.update(steps=0, success=False, episode_step=0, success_step=-1)
+            return self._idle_obs(), 0.0, False, False, info
+        on_step = (lambda sim: self._frames.append(sim.render())) if self.record_frames else None
+        actions = np.asarray(action, dtype=np.float64).reshape(-1, ACTION_DIM)
+        result = execute_chunk(self._sim, actions, self.gamma, on_step)
+        self.env_steps += result.steps
+        if self.record_frames:
+            obs = self._observe_without_recording()
+        else:
+            obs = self._observe()
+        info.update(steps=result.steps, success=result.success, episode_step=self._sim.t,
+                    success_step=self._sim.success_step)
+        return obs, result.reward, result.terminated, result.truncated, info
+
+    def _observe_without_recording(self) -> dict:
+        self.record_frames = False
+        try:
+            return self._observe()
+        finally:
+            self.record_frames = True
+
+    def recorded_frames(self) -> list[np.ndarray]:
+        return list(self._frames)
+
+    def counters(self) -> dict:
+        return {"renders": self.renders, "env_steps": self.env_steps}
+
+    def close(self):
+        for sim in self._sims.values():
+            sim.close()
+        self._sims.clear()
+        self._sim = None
+
+
+def evaluation_episodes(cfg: EnvConfig, episodes_seen: int, episodes_heldout: int, seed: int) -> list[EpisodeSpec]:
+    """The fixed list of (task, variation, seed): same params -> same list, every time."""
+    episodes = []
+    seen, heldout = train_variations(cfg), heldout_variations(cfg)
+    for t, task in enumerate(resolve_tasks(cfg)):
+        rng = np.random.default_rng([seed, t])
+        for split, pool, n in (("heldout", heldout, episodes_heldout), ("train", seen, episodes_seen)):
+            # Distinct variations while there are enough, then with replacement.
+            picks = rng.permutation(pool)[:n] if n <= len(pool) else rng.choice(pool, n)
+            for variation in picks:
+                episodes.append(EpisodeSpec(task, int(variation), int(rng.integers(2**31)), split))
+    return episodes

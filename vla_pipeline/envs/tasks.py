@@ -1,0 +1,99 @@
+"""Task names, instructions, and the fixed train / held-out split of the 50 variations."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+from vla_pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    from vla_pipeline.config import EnvConfig
+
+NUM_VARIATIONS = 50  # MetaWorld pre-samples 50 object/goal configurations per task
+
+MT10 = (
+    "reach-v3",
+    "push-v3",
+    "pick-place-v3",
+    "door-open-v3",
+    "drawer-open-v3",
+    "drawer-close-v3",
+    "button-press-topdown-v3",
+    "peg-insert-side-v3",
+    "window-open-v3",
+    "window-close-v3",
+)
+
+# Short, one verb each; the colour names the goal marker where it is only a coloured dot.
+NATURAL_INSTRUCTIONS = {
+    "reach-v3": "reach the red goal",
+    "push-v3": "push the puck to the green goal",
+    "pick-place-v3": "pick up the puck and place it at the blue goal",
+    "door-open-v3": "open the door",
+    "drawer-open-v3": "open the drawer",
+    "drawer-close-v3": "close the drawer",
+    "button-press-topdown-v3": "press the button from the top",
+    "peg-insert-side-v3": "insert the peg into the side hole",
+    "window-open-v3": "slide the window open",
+    "window-close-v3": "slide the window closed",
+}
+
+CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
+# These cameras' "up" axis points down in the world: frames must be rotated by 180 degrees.
+ROTATED_CAMERAS = frozenset({"corner", "corner2", "corner3", "corner4"})
+
+
+def all_task_names() -> list[str]:
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+    return list(ALL_V3_ENVIRONMENTS)
+
+
+def check_task_names(tasks: Sequence[str]) -> None:
+    known = all_task_names()
+    for task in tasks:
+        if task not in known:
+            hint = difflib.get_close_matches(task, known, n=1)
+            suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+            raise ValueError(f"unknown MetaWorld task '{task}'{suggestion}")
+
+
+def check_camera_name(camera: str) -> None:
+    # A misspelled name can silently fall back to another camera: refuse it here.
+    if camera not in CAMERAS:
+        raise ValueError(f"unknown camera '{camera}'; choose one of {', '.join(CAMERAS)}")
+
+
+def instruction_for(task: str, style: str = "natural") -> str:
+    if style == "natural" and task in NATURAL_INSTRUCTIONS:
+        return NATURAL_INSTRUCTIONS[task]
+    return task.removesuffix("-v3").replace("-", " ")
+
+
+def resolve_tasks(cfg: "EnvConfig") -> list[str]:
+    tasks = list(MT10) if cfg.suite == "mt10" else list(cfg.tasks)
+    try:
+        check_task_names(tasks)
+    except ValueError as exc:
+        raise PipelineError(str(exc)) from None
+    return tasks
+
+
+def train_variations(cfg: "EnvConfig") -> list[int]:
+    return list(range(cfg.train_variations))
+
+
+def heldout_variations(cfg: "EnvConfig") -> list[int]:
+    return list(range(cfg.train_variations, NUM_VARIATIONS))
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """One episode to run: which task, which of its 50 variations, which noise seed."""
+
+    task: str
+    variation: int
+    seed: int
+    split: str = "train"  # "train" (seen variations) or "heldout"

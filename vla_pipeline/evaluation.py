@@ -1,0 +1,220 @@
+"""The fixed evaluation protocol (ARCHITECTURE section 7) and its metrics.
+
+A fixed list of (task, variation, seed) per split; per task and overall: success rate with
+a 95% Wilson interval, mean steps to success (successes only), mean episode length with
+failures counted at the horizon. The scripted expert on the same list is the ceiling row.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from vla_pipeline.config import EnvConfig, EvaluateConfig
+from vla_pipeline.envs.chunk_env import ChunkEnv, EpisodeQueue, evaluation_episodes
+from vla_pipeline.envs.experts import run_expert_episode
+from vla_pipeline.envs.sim import TaskSim
+from vla_pipeline.envs.tasks import EpisodeSpec, resolve_tasks
+from vla_pipeline.envs.vector import make_chunk_vector_env, reset_done, split_round_robin, sum_counters
+
+
+@dataclass
+class EpisodeResult:
+    task: str
+    variation: int
+    split: str
+    seed: int
+    success: bool
+    steps_to_success: int  # -1 when not solved
+    length: int  # executed env steps
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def summarize(results: Sequence[EpisodeResult], horizon: int) -> dict:
+    n = len(results)
+    wins = [r for r in results if r.success]
+    lo, hi = wilson_interval(len(wins), n)
+    return {
+        "episodes": n,
+        "success": len(wins) / n if n else None,
+        "success_ci95": [lo, hi],
+        "steps_to_success": float(np.mean([r.steps_to_success for r in wins])) if wins else None,
+        "episode_length": float(np.mean([r.length if r.success else horizon for r in results])) if n else None,
+    }
+
+
+def build_metrics(results: Sequence[EpisodeResult], tasks: Sequence[str], horizon: int, header: dict) -> dict:
+    """Overall numbers are means over tasks (the MT10 convention); per task and per split."""
+    metrics: dict = dict(header)
+    per_task = {}
+    for task in tasks:
+        task_results = [r for r in results if r.task == task]
+        per_task[task] = {"all": summarize(task_results, horizon)}
+        for split in ("heldout", "train"):
+            part = [r for r in task_results if r.split == split]
+            if part:
+                per_task[task][split] = summarize(part, horizon)
+    metrics["tasks"] = per_task
+    for split in ("all", "heldout", "train"):
+        rows = [per_task[t][split] for t in tasks if split in per_task[t]]
+        if not rows:
+            continue
+        steps = [r["steps_to_success"] for r in rows if r["steps_to_success"] is not None]
+        pooled = [r for r in results if split == "all" or r.split == split]
+        metrics[split] = {
+            "success": float(np.mean([r["success"] for r in rows])),
+            "success_ci95": list(wilson_interval(sum(r.success for r in pooled), len(pooled))),
+            "steps_to_success": float(np.mean(steps)) if steps else None,
+            "episode_length": float(np.mean([r["episode_length"] for r in rows])),
+            "episodes": len(pooled),
+        }
+    return metrics
+
+
+def task_table(metrics: dict, name: str) -> list[dict]:
+    """Flat records for `dvc plots` (one bar per task and split)."""
+    rows = []
+    for task, splits in metrics["tasks"].items():
+        for split, s in splits.items():
+            if split == "all":
+                continue
+            rows.append({"policy": name, "task": task, "split": split, "success": s["success"],
+                         "ci95_low": s["success_ci95"][0], "ci95_high": s["success_ci95"][1],
+                         "steps_to_success": s["steps_to_success"], "episodes": s["episodes"]})
+    return rows
+
+
+ActFn = Callable[[dict], np.ndarray]
+
+
+def run_episodes(envs, act: ActFn, total: int, desc: str = "episodes") -> tuple[list[EpisodeResult], dict]:
+    """Step a vector of `ChunkEnv`s until every queued episode has finished."""
+    started = time.perf_counter()
+    obs, info = envs.reset()
+    n = envs.num_envs
+    specs = [_spec_from_info(info, i) for i in range(n)]
+    results: list[tuple[int, EpisodeResult]] = []
+    bar = tqdm(total=total, desc=desc, unit="ep", mininterval=2.0, dynamic_ncols=True)
+    seen_per_env = [0] * n
+    while any(s is not None for s in specs):
+        actions = act(obs)
+        obs, _, terminated, truncated, info = envs.step(actions)
+        done = np.zeros(n, bool)
+        for i in range(n):
+            if specs[i] is None:
+                continue
+            if terminated[i] or truncated[i]:
+                success_step = int(info["success_step"][i])
+                key = (i, seen_per_env[i])
+                seen_per_env[i] += 1
+                results.append((key, EpisodeResult(specs[i].task, specs[i].variation, specs[i].split,
+                                                   specs[i].seed, success_step > 0, success_step,
+                                                   int(info["episode_step"][i]))))
+                done[i] = True
+                bar.update(1)
+        if done.any():
+            obs, reset_info = reset_done(envs, done)
+            for i in np.flatnonzero(done):
+                specs[i] = _spec_from_info(reset_info, i)
+    bar.close()
+    counters = sum_counters(envs)
+    counters["seconds"] = time.perf_counter() - started
+    # Env i ran episodes i, i+n, ...: restore the list order so metrics never depend on timing.
+    ordered = sorted(results, key=lambda kv: kv[0][1] * n + kv[0][0])
+    return [r for _, r in ordered], counters
+
+
+def _spec_from_info(info: dict, i: int) -> EpisodeSpec | None:
+    if bool(info["idle"][i]):
+        return None
+    return EpisodeSpec(str(info["task"][i]), int(info["variation"][i]), int(info["episode_seed"][i]),
+                       str(info["split"][i]))
+
+
+def evaluate_policy(policy, env_cfg: EnvConfig, eval_cfg: EvaluateConfig, gamma: float = 0.99):
+    import torch
+
+    episodes = evaluation_episodes(env_cfg, eval_cfg.episodes_seen, eval_cfg.episodes_heldout, eval_cfg.seed)
+    n_envs = min(env_cfg.num_envs, len(episodes))
+    queues = [EpisodeQueue(part) for part in split_round_robin(episodes, n_envs)]
+    generator = torch.Generator().manual_seed(eval_cfg.seed)
+
+    def act(obs):
+        return policy.act(obs, deterministic=eval_cfg.deterministic, generator=generator)["actions"]
+
+    envs = make_chunk_vector_env(env_cfg, policy.config.chunk_len, gamma, queues, env_cfg.vector)
+    try:
+        return run_episodes(envs, act, len(episodes), desc="evaluate")
+    finally:
+        envs.close()
+
+
+def evaluate_expert(env_cfg: EnvConfig, eval_cfg: EvaluateConfig) -> tuple[list[EpisodeResult], dict]:
+    """The scripted expert (no noise, no rendering) on the same fixed list: the ceiling row."""
+    started = time.perf_counter()
+    episodes = evaluation_episodes(env_cfg, eval_cfg.episodes_seen, eval_cfg.episodes_heldout, eval_cfg.seed)
+    results, sims = [], {}
+    try:
+        for spec in tqdm(episodes, desc="expert", unit="ep", mininterval=2.0):
+            if spec.task not in sims:
+                sims[spec.task] = TaskSim(spec.task, env_cfg, render=False)
+            ep = run_expert_episode(sims[spec.task], spec, action_noise=0.0, render=False)
+            s = ep.steps_to_success
+            results.append(EpisodeResult(spec.task, spec.variation, spec.split, spec.seed, s > 0, s, ep.length))
+    finally:
+        for sim in sims.values():
+            sim.close()
+    steps = sum(r.length for r in results)
+    return results, {"env_steps": steps, "renders": 0, "seconds": time.perf_counter() - started}
+
+
+def record_videos(policy, env_cfg: EnvConfig, eval_cfg: EvaluateConfig, count: int) -> list[tuple[EpisodeSpec, list[np.ndarray], bool]]:
+    """Re-run a few listed held-out episodes in-process, rendering every step for video."""
+    import torch
+
+    episodes = evaluation_episodes(env_cfg, eval_cfg.episodes_seen, eval_cfg.episodes_heldout, eval_cfg.seed)
+    tasks = resolve_tasks(env_cfg)
+    by_task = [next(e for e in episodes if e.task == t) for t in tasks]
+    stride = max(1, len(by_task) // max(count, 1))
+    chosen = by_task[::stride][:count]
+    env = ChunkEnv(env_cfg.model_dump(), policy.config.chunk_len, 0.99, EpisodeQueue(chosen), record_frames=True)
+    generator = torch.Generator().manual_seed(eval_cfg.seed)
+    videos = []
+    try:
+        for spec in chosen:
+            obs, _ = env.reset()
+            while True:
+                batch = {k: np.asarray(v)[None] for k, v in obs.items()}
+                action = policy.act(batch, deterministic=eval_cfg.deterministic, generator=generator)["actions"][0]
+                obs, _, terminated, truncated, info = env.step(action)
+                if terminated or truncated:
+                    videos.append((spec, env.recorded_frames(), bool(terminated or info["success"])))
+                    break
+    finally:
+        env.close()
+    return videos
+
+
+def write_video(path, frames: Sequence[np.ndarray], scale: int, fps: int = 20) -> None:
+    import imageio.v3 as iio
+
+    big = [np.kron(f, np.ones((scale, scale, 1), np.uint8)) for f in frames]
+    iio.imwrite(path, np.stack(big), fps=fps, codec="libx264", macro_block_size=1)
+
+
+def results_as_records(results: Sequence[EpisodeResult]) -> list[dict]:
+    return [asdict(r) for r in results]

@@ -1,0 +1,200 @@
+"""`VLAPolicy`: image + instruction + proprio -> a Gaussian over a chunk of K actions, and a value.
+
+Tokens (Octo-style): vision tokens from a transformers vision encoder's spatial map, text
+tokens from a transformers T5 encoder, one proprio token, and two learned readout tokens.
+A small transformer fuses them; the action head reads the action readout, the critic the
+value readout. Proprio/action normalisation statistics are buffers, so they travel inside
+the safetensors checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, ByT5Tokenizer, PreTrainedModel, T5Config, T5EncoderModel
+from transformers.utils import ModelOutput
+
+from vla_pipeline import constants as C
+from vla_pipeline.policies.vla.configuration_vla import VLAConfig
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 1.0
+
+
+@dataclass
+class VLAOutput(ModelOutput):
+    action_mean: torch.Tensor = None  # (B, K, A), normalised action space
+    action_log_std: torch.Tensor = None  # (K, A)
+    value: torch.Tensor = None  # (B,)
+
+
+def tokenize_instructions(instructions: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    tokenizer = ByT5Tokenizer()  # byte-level: no vocabulary download
+    enc = tokenizer(list(instructions), padding="max_length", truncation=True, max_length=max_length)
+    return np.asarray(enc["input_ids"], np.int64), np.asarray(enc["attention_mask"], np.int64)
+
+
+def build_vision_encoder(vision_config: dict) -> nn.Module:
+    cfg = dict(vision_config)
+    model_type = cfg.pop("model_type")
+    return AutoModel.from_config(AutoConfig.for_model(model_type, **cfg))
+
+
+def build_text_encoder(text_config: dict) -> nn.Module:
+    cfg = dict(text_config)
+    cfg.pop("model_type", None)
+    return T5EncoderModel(T5Config(**cfg))
+
+
+def mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Linear(d_hidden, d_out))
+
+
+class VLAPolicy(PreTrainedModel):
+    config_class = VLAConfig
+    base_model_prefix = "vla"
+    main_input_name = "images"
+
+    def __init__(self, config: VLAConfig):
+        super().__init__(config)
+        d = config.d_model
+        self.vision = build_vision_encoder(config.vision_config)
+        self.text = build_text_encoder(config.text_config)
+        with torch.no_grad():
+            probe = torch.zeros(1, 3, config.image_size, config.image_size)
+            vision_tokens = self._vision_tokens(probe)
+        n_vision, vision_dim = vision_tokens.shape[1], vision_tokens.shape[2]
+        self.vision_proj = nn.Linear(vision_dim, d)
+        self.vision_pos = nn.Parameter(torch.zeros(1, n_vision, d))
+        self.text_proj = nn.Linear(self.text.config.d_model, d)
+        self.proprio_proj = mlp(config.proprio_dim, d, d)
+        self.readouts = nn.Parameter(torch.zeros(1, 2, d))  # [action, value]
+        self.type_embed = nn.Parameter(torch.zeros(4, d))  # vision, text, proprio, readout
+        layer = nn.TransformerEncoderLayer(d, config.fusion_heads, config.fusion_ff, config.dropout,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.fusion = nn.TransformerEncoder(layer, config.fusion_layers, enable_nested_tensor=False)
+        self.final_norm = nn.LayerNorm(d)
+        self.action_head = mlp(d, d, config.chunk_len * config.action_dim)
+        self.value_head = mlp(d, d, 1)
+        self.action_log_std = nn.Parameter(torch.full((config.chunk_len, config.action_dim), float(config.init_log_std)))
+        # Normalisation statistics (set from data by `set_normalization`).
+        self.register_buffer("proprio_mean", torch.zeros(config.proprio_dim))
+        self.register_buffer("proprio_std", torch.ones(config.proprio_dim))
+        self.register_buffer("action_mean", torch.zeros(config.action_dim))
+        self.register_buffer("action_std", torch.ones(config.action_dim))
+        ids, mask = tokenize_instructions(config.instructions or [""], config.text_max_length)
+        self.register_buffer("instruction_ids", torch.from_numpy(ids))
+        self.register_buffer("instruction_mask", torch.from_numpy(mask))
+        nn.init.normal_(self.vision_pos, std=0.02)
+        nn.init.normal_(self.readouts, std=0.02)
+        nn.init.normal_(self.type_embed, std=0.02)
+        # Small last layers: the initial chunk mean is ~0 and the critic starts near 0.
+        for head in (self.action_head, self.value_head):
+            nn.init.zeros_(head[-1].bias)
+            head[-1].weight.data.mul_(0.1)
+        if config.freeze_text:
+            self.text.requires_grad_(False)
+        self.post_init()
+
+    # transformers calls this for weights missing from a checkpoint; our own init is in __init__.
+    def _init_weights(self, module):
+        pass
+
+    # ------------------------------------------------------------------ encoders
+    def _vision_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        hidden = self.vision(pixel_values=pixels).last_hidden_state
+        if hidden.ndim == 4:  # CNN: (B, C, H, W) -> (B, H*W, C)
+            hidden = hidden.flatten(2).transpose(1, 2)
+        return hidden
+
+    def _text_tokens(self, task_index, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode instructions; with `task_index`, each distinct instruction is encoded once."""
+        if input_ids is None:
+            unique, inverse = torch.unique(task_index, return_inverse=True)
+            hidden, mask = self._encode_text(self.instruction_ids[unique], self.instruction_mask[unique])
+            return hidden[inverse], mask[inverse]
+        return self._encode_text(input_ids, attention_mask)
+
+    def _encode_text(self, input_ids, attention_mask):
+        hidden = self.text_proj(self.text(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state)
+        if self.config.text_tokens == "pooled":  # one token: much cheaper fusion on CPU
+            weights = attention_mask.unsqueeze(-1).float()
+            hidden = (hidden * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp_min(1.0)
+            attention_mask = torch.ones(hidden.shape[0], 1, dtype=attention_mask.dtype, device=hidden.device)
+        return hidden, attention_mask
+
+    def preprocess_images(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, H, W, 3) -> float (B, 3, H, W) centred around 0."""
+        return (images.permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.25
+
+    def normalize_proprio(self, proprio: torch.Tensor) -> torch.Tensor:
+        return (proprio - self.proprio_mean) / self.proprio_std
+
+    def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        return (actions - self.action_mean) / self.action_std
+
+    def unnormalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        return actions * self.action_std + self.action_mean
+
+    @torch.no_grad()
+    def set_normalization(self, proprio: np.ndarray, actions: np.ndarray, min_std: float = 1e-2) -> None:
+        for name, values in (("proprio", proprio), ("action", actions)):
+            values = torch.as_tensor(np.asarray(values, np.float64))
+            getattr(self, f"{name}_mean").copy_(values.mean(0))
+            getattr(self, f"{name}_std").copy_(values.std(0).clamp_min(min_std))
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        images: torch.Tensor,
+        proprio: torch.Tensor,
+        task_index: Optional[torch.Tensor] = None,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        pixels: Optional[torch.Tensor] = None,
+    ) -> VLAOutput:
+        """`images` uint8 (B,H,W,3) (or ready `pixels`); text by `task_index` or token ids."""
+        if pixels is None:
+            pixels = self.preprocess_images(images)
+        batch = pixels.shape[0]
+        vis = self.vision_proj(self._vision_tokens(pixels)) + self.vision_pos + self.type_embed[0]
+        txt, attention_mask = self._text_tokens(task_index, input_ids, attention_mask)
+        txt = txt + self.type_embed[1]
+        pro = self.proprio_proj(self.normalize_proprio(proprio.float())).unsqueeze(1) + self.type_embed[2]
+        read = self.readouts.expand(batch, -1, -1) + self.type_embed[3]
+        tokens = torch.cat([vis, txt, pro, read], dim=1)
+        pad = torch.zeros(batch, tokens.shape[1], dtype=torch.bool, device=tokens.device)
+        pad[:, vis.shape[1]:vis.shape[1] + txt.shape[1]] = attention_mask == 0
+        fused = self.final_norm(self.fusion(tokens, src_key_padding_mask=pad))
+        action_token, value_token = fused[:, -2], fused[:, -1]
+        k, a = self.config.chunk_len, self.config.action_dim
+        mean = self.action_head(action_token).view(batch, k, a)
+        value = self.value_head(value_token).squeeze(-1)
+        log_std = self.action_log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        return VLAOutput(action_mean=mean, action_log_std=log_std, value=value)
+
+    # ------------------------------------------------------------------ acting
+    def obs_to_tensors(self, obs: dict) -> dict:
+        device = self.action_log_std.device
+        return {
+            "images": torch.as_tensor(np.asarray(obs[C.OBS_IMAGE]), device=device),
+            "proprio": torch.as_tensor(np.asarray(obs[C.OBS_PROPRIO], np.float32), device=device),
+            "task_index": torch.as_tensor(np.asarray(obs[C.OBS_TASK_INDEX], np.int64), device=device),
+        }
+
+    @torch.no_grad()
+    def act(self, obs: dict, deterministic: bool = True, generator: Optional[torch.Generator] = None) -> dict:
+        """Batched action chunks for env observations; returns numpy arrays."""
+        out = self(**self.obs_to_tensors(obs))
+        mean, std = out.action_mean, out.action_log_std.exp()
+        if deterministic:
+            sample = mean
+        else:
+            noise = torch.randn(mean.shape, generator=generator, device=mean.device)
+            sample = mean + std * noise
+        actions = self.unnormalize_actions(sample).clamp(-1.0, 1.0)
+        return {"actions": actions.cpu().numpy(), "actions_normalized": sample.cpu().numpy(),
+                "value": out.value.cpu().numpy()}

@@ -1,0 +1,1 @@
+"""RL and cloning objectives on action chunks."""
