@@ -155,6 +155,77 @@ def evaluate_expert_cmd(
     _echo_json({"all": metrics_obj["all"], "counters": counters})
 
 
+@app.command("ppo")
+@user_errors
+def ppo_cmd(
+    round_name: str = typer.Option(..., "--round", help="Round name (a key of `rounds` in params.yaml)."),
+    data: Path = typer.Option(Path("data"), help="Root of checkpoints/, buffers/, rollouts/."),
+    curve: Path = typer.Option(None, help="Per-iteration learning curve (default data/metrics/train-<round>.json)."),
+    params_file: Path = PARAMS,
+):
+    """One round of action-chunked PPO with self-BC: policy + buffer in, checkpoint + rollouts out."""
+    import torch
+
+    from vla_pipeline.checkpoint import load_policy, save_policy
+    from vla_pipeline.config import load_params
+    from vla_pipeline.data.snapshot import write_snapshot
+    from vla_pipeline.envs.tasks import resolve_tasks
+    from vla_pipeline.io import atomic_directory, write_json_atomic
+    from vla_pipeline.rl.rounds import buffer_dir, checkpoint_dir, open_buffer, round_item, rollouts_dir
+    from vla_pipeline.rl.trainer import run_round
+
+    params = load_params(params_file)
+    item = round_item(params, round_name)
+    torch.set_num_threads(params.ppo.num_threads)
+    policy = load_policy(checkpoint_dir(item.policy_in, data), params.ppo.device)
+    tasks = resolve_tasks(params.env)
+    _check_policy_fits_env(policy, params, tasks, checkpoint_dir(item.policy_in, data))
+    buffer, _ = open_buffer(params, item.buffer_in, buffer_dir(item.buffer_in, data))
+    result = run_round(policy, buffer, params, round_name)
+    size = params.env.image_size
+    with atomic_directory(checkpoint_dir(round_name, data)) as tmp:
+        save_policy(policy, tmp, {"stage": "ppo", "round": round_name, "policy_in": item.policy_in,
+                                  "buffer_in": item.buffer_in, "iterations": params.ppo.iterations,
+                                  "final": result.curve[-1] if result.curve else None})
+    with atomic_directory(rollouts_dir(round_name, data)) as tmp:
+        by_task: dict = {}
+        for ep in result.successes:  # collection order within each task
+            by_task.setdefault(ep.task, []).append(ep)
+        write_snapshot(tmp, by_task, (size, size, 3), {"source": round_name, "kind": "rollout successes"})
+    write_json_atomic(curve or data / "metrics" / f"train-{round_name}.json", result.curve)
+    _echo_json({"round": round_name, "successes": len(result.successes), "buffer": buffer.stats(),
+                **result.counters})
+
+
+@app.command("snapshot")
+@user_errors
+def snapshot_cmd(
+    round_name: str = typer.Option(..., "--round", help="Round name (a key of `rounds` in params.yaml)."),
+    data: Path = typer.Option(Path("data"), help="Root of buffers/ and rollouts/."),
+    params_file: Path = PARAMS,
+):
+    """Self-BC buffer after a round: buffer_in + the round's successes -> data/buffers/<round>."""
+    from vla_pipeline.config import load_params
+    from vla_pipeline.data.snapshot import load_episodes
+    from vla_pipeline.io import atomic_directory
+    from vla_pipeline.rl.rounds import buffer_dir, open_buffer, replay_successes, round_item, rollouts_dir, write_buffer
+
+    params = load_params(params_file)
+    item = round_item(params, round_name)
+    source = buffer_dir(item.buffer_in, data)
+    buffer, filtered = open_buffer(params, item.buffer_in, source)
+    successes, _ = load_episodes(rollouts_dir(round_name, data))
+    replay_successes(buffer, successes)
+    seeded = not (item.buffer_in == "demos" and not params.buffer.seed_with_demos)
+    size = params.env.image_size
+    with atomic_directory(buffer_dir(round_name, data)) as tmp:
+        manifest = write_buffer(tmp, buffer, source if seeded else None, filtered,
+                                {"source": "self-bc buffer", "round": round_name, "buffer_in": item.buffer_in,
+                                 "buffer": params.buffer.model_dump()}, (size, size, 3))
+    _echo_json({"round": round_name, **buffer.stats(), "changed_tasks": sorted(buffer.changed_tasks | filtered),
+                "shards": len(manifest["shards"])})
+
+
 @app.command("check-params")
 @user_errors
 def check_params_cmd(params_file: Path = PARAMS):

@@ -173,13 +173,80 @@ class EvaluateConfig(Section):
         return self
 
 
+class PPOConfig(Section):
+    """Action-chunked PPO: one decision = one chunk of K actions (ARCHITECTURE section 6)."""
+
+    iterations: int = Field(8, ge=1)  # PPO iterations per DVC round
+    decisions_per_iteration: int = Field(256, ge=1)  # across all envs
+    epochs: int = Field(4, ge=1)
+    minibatch_size: int = Field(64, ge=2)
+    lr: float = Field(1e-4, gt=0.0)  # trunk (vision, text, fusion)
+    head_lr: float = Field(3e-4, gt=0.0)  # action head and log-std
+    value_lr: float = Field(3e-4, gt=0.0)
+    gamma: float = Field(0.99, gt=0.0, le=1.0)  # per env step
+    gae_lambda: float = Field(0.95, ge=0.0, le=1.0)  # per decision
+    clip: float = Field(0.2, gt=0.0, lt=1.0)
+    value_clip: Optional[float] = Field(0.2, gt=0.0)
+    value_coef: float = Field(0.5, ge=0.0)
+    entropy_coef: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(0.5, gt=0.0)
+    target_kl: Optional[float] = Field(0.05, gt=0.0)  # stop the epoch loop early above it
+    critic_warmup_iterations: int = Field(1, ge=0)  # value-only updates at the round's start
+    logprob: Literal["chunk", "step"] = "chunk"  # one ratio per chunk, or per executed step
+    freeze_backbone: bool = False  # iRe-VLA's RL phase: only heads (and critic) train
+    seed: int = Field(0, ge=0)
+    device: str = "cpu"
+    num_threads: int = Field(2, ge=1)
+    max_skipped_batches: int = Field(0, ge=0)
+
+    _device = field_validator("device")(SFTConfig._device.__func__)
+
+
+class BCConfig(Section):
+    """Self behaviour cloning term and its weight rule (L = L_PPO + w * L_BC)."""
+
+    weight_rule: Literal["none", "fixed", "dual"] = "dual"
+    weight: float = Field(0.2, gt=0.0)  # fixed value, or the starting value for `dual`
+    target_slack: float = Field(0.1, ge=0.0)  # dual: eps = (1 + slack) x BC loss at round start
+    dual_lr: float = Field(0.02, gt=0.0)
+    weight_min: float = Field(1e-3, gt=0.0)
+    weight_max: float = Field(10.0, gt=0.0)
+    batch_size: int = Field(64, ge=1)
+    loss: Literal["mse", "nll"] = "mse"
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "BCConfig":
+        if not self.weight_min <= self.weight <= self.weight_max:
+            raise ValueError("weight must lie in [weight_min, weight_max]")
+        return self
+
+
+class BufferConfig(Section):
+    """The self-BC buffer: the shortest successes so far, per slot."""
+
+    key: Literal["task_variation", "task"] = "task_variation"
+    capacity: int = Field(1, ge=1)  # episodes per slot
+    seed_with_demos: bool = True  # start from the demo snapshot (evicted by shorter successes)
+
+
+class RoundConfig(Section):
+    policy_in: str  # "sft" or an earlier round
+    buffer_in: str  # "demos" or an earlier round
+
+
 SECTIONS: dict[str, type[Section]] = {
     "env": EnvConfig,
     "demos": DemosConfig,
     "policy": PolicyConfig,
     "sft": SFTConfig,
     "evaluate": EvaluateConfig,
+    "ppo": PPOConfig,
+    "bc": BCConfig,
+    "buffer": BufferConfig,
+    "rounds": RoundConfig,  # a mapping of round name -> RoundConfig
 }
+
+ROUND_NAME = r"^[a-z0-9][a-z0-9_-]*$"
 
 
 class Params(BaseModel):
@@ -191,6 +258,31 @@ class Params(BaseModel):
     policy: PolicyConfig = PolicyConfig()
     sft: SFTConfig = SFTConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    ppo: PPOConfig = PPOConfig()
+    bc: BCConfig = BCConfig()
+    buffer: BufferConfig = BufferConfig()
+    rounds: dict[str, RoundConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _rounds_chain(self) -> "Params":
+        import re
+
+        for name, item in self.rounds.items():
+            if not re.match(ROUND_NAME, name) or name in ("sft", "demos", "expert"):
+                raise ValueError(f"rounds: bad round name {name!r} (lowercase letters, digits, - and _; "
+                                 "not sft/demos/expert)")
+            if item.policy_in != "sft" and item.policy_in not in self.rounds:
+                raise ValueError(f"rounds.{name}.policy_in: no round or checkpoint named {item.policy_in!r}")
+            if item.buffer_in != "demos" and item.buffer_in not in self.rounds:
+                raise ValueError(f"rounds.{name}.buffer_in: no round or snapshot named {item.buffer_in!r}")
+        for name in self.rounds:  # follow predecessors: a cycle never reaches sft/demos
+            seen, current = set(), name
+            while current in self.rounds:
+                if current in seen:
+                    raise ValueError(f"rounds: round {name!r} is part of a predecessor cycle")
+                seen.add(current)
+                current = self.rounds[current].policy_in
+        return self
 
 
 def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
@@ -212,6 +304,8 @@ def _format_error(err: dict, source: str) -> str:
         extra = f" (did you mean '{'.'.join(map(str, loc[:-1] + (hint[0],)))}'?)" if hint else ""
         return f"{source}: unknown key '{key}'{extra}"
     msg = err["msg"].removeprefix("Value error, ")
+    if not loc:  # a check across sections: the message names its keys itself
+        return f"{source}: {msg}"
     value = err.get("input")
     shown = "" if isinstance(value, dict) else f" (got {value!r})"
     return f"{source}: {key}: {msg}{shown}"

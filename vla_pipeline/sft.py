@@ -61,7 +61,7 @@ def train_sft(policy: VLAPolicy, table: StepTable, params: Params) -> TrainResul
     curve, skipped, running = [], 0, []
     bar = tqdm(range(1, cfg.steps + 1), desc="sft", unit="step", mininterval=2.0, dynamic_ncols=True)
     for step in bar:
-        rows = rng.integers(0, len(windows), cfg.batch_size)
+        rows = windows.sample(rng, cfg.batch_size)
         batch = batch_to_tensors(windows.batch(rows), cfg.device)
         loss = bc_loss_on_batch(policy, batch, cfg.loss, cfg.augment_shift, generator)
         optimizer.zero_grad(set_to_none=True)

@@ -81,7 +81,9 @@ def episodes_to_table(episodes: Sequence[EncodedEpisode], first_episode_id: int,
     for offset, ep in enumerate(episodes):
         n = ep.length
         if len(ep.images) != n:
-            raise ValueError(f"episode has {len(ep.images)} images for {n} steps")
+            raise ValueError(f"episode has {len(ep.images)} image slots for {n} steps")
+        if not ep.images[0]:
+            raise ValueError("the first step of an episode must have a frame")
         last = np.zeros(n, bool)
         last[-1] = True
         cols[C.EPISODE] += [first_episode_id + offset] * n
@@ -149,7 +151,6 @@ def write_snapshot(out_dir: Path, episodes_by_task: dict[str, Sequence[EncodedEp
         "schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "image_shape": list(image_shape),
         "provenance": provenance, "shards": {}, "tasks": {},
     }
-    next_id = 0
     for task in sorted(episodes_by_task):
         name = f"{task}.parquet"
         episodes = episodes_by_task[task]
@@ -160,16 +161,13 @@ def write_snapshot(out_dir: Path, episodes_by_task: dict[str, Sequence[EncodedEp
             (out_dir / name).write_bytes((reuse_from / name).read_bytes())
             manifest["shards"][name] = previous["shards"][name]
             manifest["tasks"][task] = previous["tasks"][task]
-            next_id = max(next_id, previous["shards"][name]["last_episode"] + 1)
             continue
-        table = episodes_to_table(episodes, next_id, image_shape)
+        # Episode ids are per shard (0..n-1), so a reused shard never collides with new ones.
+        table = episodes_to_table(episodes, 0, image_shape)
         write_shard(out_dir / name, table, rows_per_row_group)
-        manifest["shards"][name] = {
-            "rows": table.num_rows, "episodes": len(episodes), "first_episode": next_id,
-            "last_episode": next_id + len(episodes) - 1, "sha256": sha256_file(out_dir / name),
-        }
+        manifest["shards"][name] = {"rows": table.num_rows, "episodes": len(episodes),
+                                    "sha256": sha256_file(out_dir / name)}
         manifest["tasks"][task] = task_summary(episodes)
-        next_id += len(episodes)
     manifest["total_rows"] = sum(s["rows"] for s in manifest["shards"].values())
     manifest["total_episodes"] = sum(s["episodes"] for s in manifest["shards"].values())
     write_json_atomic(out_dir / C.MANIFEST_FILE, manifest)
@@ -213,6 +211,7 @@ class StepTable:
     source: np.ndarray
     episode_length: np.ndarray
     steps_to_success: np.ndarray
+    has_frame: np.ndarray  # bool: a frame was rendered at this step
 
     def __len__(self) -> int:
         return len(self.episode)
@@ -249,9 +248,15 @@ def read_shard(path: Path, image_shape: tuple[int, int, int], expected_sha256: s
 
 
 def _decode_images(path: Path, column: Iterable[bytes], image_shape: tuple) -> np.ndarray:
+    """Decode PNG frames; an empty value means "no frame at this step" (RL rollouts render
+    only at decision points) and decodes to zeros, flagged by `StepTable.has_frame`."""
     images = np.empty((0, *image_shape), np.uint8)
+    blank = np.zeros(image_shape, np.uint8)
     decoded = []
     for i, data in enumerate(column):
+        if not data:
+            decoded.append(blank)
+            continue
         try:
             img = decode_png(data)
         except Exception as exc:  # PIL raises many types for corrupt data
@@ -280,7 +285,9 @@ def load_snapshot(snapshot_dir: str | Path, tasks: Sequence[str] | None = None) 
         part = {}
         for col in C.BUFFER_COLUMNS:
             if col == C.IMAGE:
-                part[col] = _decode_images(path, table.column(col).to_pylist(), image_shape)
+                raw_images = table.column(col).to_pylist()
+                part[col] = _decode_images(path, raw_images, image_shape)
+                part["has_frame"] = np.array([bool(b) for b in raw_images], bool)
             elif col in (C.PROPRIO, C.ACTION):
                 flat = table.column(col).combine_chunks().flatten().to_numpy(zero_copy_only=False)
                 part[col] = flat.astype(np.float32).reshape(-1, C.ACTION_DIM)
@@ -293,14 +300,14 @@ def load_snapshot(snapshot_dir: str | Path, tasks: Sequence[str] | None = None) 
     if not parts:
         wanted = f" for tasks {list(tasks)}" if tasks is not None else ""
         raise PipelineError(f"{snapshot_dir}: no shards{wanted}")
-    merged = {col: np.concatenate([p[col] for p in parts]) for col in C.BUFFER_COLUMNS}
+    merged = {col: np.concatenate([p[col] for p in parts]) for col in (*C.BUFFER_COLUMNS, "has_frame")}
     table = StepTable(
         episode=merged[C.EPISODE], step=merged[C.STEP], task=merged[C.TASK],
         variation=merged[C.VARIATION], instruction=merged[C.INSTRUCTION], images=merged[C.IMAGE],
         proprio=merged[C.PROPRIO], action=merged[C.ACTION], reward=merged[C.REWARD],
         success=merged[C.SUCCESS], terminated=merged[C.TERMINATED], truncated=merged[C.TRUNCATED],
         source=merged[C.SOURCE], episode_length=merged[C.EPISODE_LENGTH],
-        steps_to_success=merged[C.STEPS_TO_SUCCESS],
+        steps_to_success=merged[C.STEPS_TO_SUCCESS], has_frame=merged["has_frame"],
     )
     _check_episode_order(snapshot_dir, table)
     return table, manifest
@@ -310,7 +317,74 @@ def _check_episode_order(snapshot_dir: Path, table: StepTable) -> None:
     """Rows must be (episode, step) ordered with steps 0..L-1: windows rely on it."""
     if len(table) == 0:
         return
-    starts = np.r_[True, table.episode[1:] != table.episode[:-1]]
+    starts = np.r_[True, (table.episode[1:] != table.episode[:-1]) | (table.task[1:] != table.task[:-1])]
     expected_step = np.arange(len(table)) - np.maximum.accumulate(np.where(starts, np.arange(len(table)), 0))
     if not np.array_equal(table.step, expected_step) or np.any(table.step >= table.episode_length):
         raise PipelineError(f"{snapshot_dir}: rows are not ordered by (episode, step)")
+
+
+def load_episodes(snapshot_dir: str | Path) -> tuple[dict[str, list[EncodedEpisode]], dict]:
+    """A snapshot as episodes per task, frames kept as PNG bytes (validated like load_snapshot)."""
+    snapshot_dir = Path(snapshot_dir)
+    manifest = read_manifest(snapshot_dir)
+    image_shape = tuple(manifest["image_shape"])
+    by_task: dict[str, list[EncodedEpisode]] = {}
+    for name in sorted(manifest["shards"]):
+        path = snapshot_dir / name
+        table = read_shard(path, image_shape, manifest["shards"][name].get("sha256"))
+        if table.num_rows == 0:
+            continue
+        cols = {c: table.column(c).to_numpy(zero_copy_only=False) for c in
+                (C.EPISODE, C.STEP, C.VARIATION, C.REWARD, C.SUCCESS, C.TERMINATED, C.TRUNCATED)}
+        images = table.column(C.IMAGE).to_pylist()
+        proprio = table.column(C.PROPRIO).combine_chunks().flatten().to_numpy().reshape(-1, C.PROPRIO_DIM)
+        action = table.column(C.ACTION).combine_chunks().flatten().to_numpy().reshape(-1, C.ACTION_DIM)
+        if not (np.isfinite(proprio).all() and np.isfinite(action).all()):
+            raise PipelineError(f"{path}: NaN or infinite proprio/action values")
+        tasks, instructions, sources = (table.column(c).to_pylist() for c in (C.TASK, C.INSTRUCTION, C.SOURCE))
+        bounds = np.flatnonzero(np.r_[True, cols[C.EPISODE][1:] != cols[C.EPISODE][:-1], True])
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            if not np.array_equal(cols[C.STEP][a:b], np.arange(b - a)):
+                raise PipelineError(f"{path}: rows are not ordered by (episode, step)")
+            by_task.setdefault(tasks[a], []).append(EncodedEpisode(
+                task=tasks[a], variation=int(cols[C.VARIATION][a]), instruction=instructions[a],
+                source=sources[a], images=images[a:b], proprios=proprio[a:b].astype(np.float32),
+                actions=action[a:b].astype(np.float32), rewards=cols[C.REWARD][a:b].astype(np.float32),
+                successes=cols[C.SUCCESS][a:b].astype(bool), terminated=bool(cols[C.TERMINATED][b - 1]),
+                truncated=bool(cols[C.TRUNCATED][b - 1])))
+    return by_task, manifest
+
+
+def decode_episodes(episodes: Sequence[EncodedEpisode], image_shape: tuple[int, int, int]) -> StepTable:
+    """Episodes -> a StepTable for training (frames decoded; steps without a frame are zeros)."""
+    blank = np.zeros(image_shape, np.uint8)
+    cols: dict[str, list] = {k: [] for k in ("episode", "step", "task", "variation", "instruction", "images",
+                                             "proprio", "action", "reward", "success", "terminated", "truncated",
+                                             "source", "episode_length", "steps_to_success", "has_frame")}
+    for i, ep in enumerate(episodes):
+        n = ep.length
+        cols["episode"] += [i] * n
+        cols["step"] += list(range(n))
+        cols["task"] += [ep.task] * n
+        cols["variation"] += [ep.variation] * n
+        cols["instruction"] += [ep.instruction] * n
+        cols["images"] += [decode_png(b) if b else blank for b in ep.images]
+        cols["has_frame"] += [bool(b) for b in ep.images]
+        cols["proprio"] += list(ep.proprios)
+        cols["action"] += list(ep.actions)
+        cols["reward"] += list(ep.rewards)
+        cols["success"] += list(ep.successes)
+        last = [False] * (n - 1) + [True]
+        cols["terminated"] += [l and ep.terminated for l in last]
+        cols["truncated"] += [l and ep.truncated for l in last]
+        cols["source"] += [ep.source] * n
+        cols["episode_length"] += [n] * n
+        cols["steps_to_success"] += [ep.steps_to_success] * n
+    arrays = {k: np.asarray(v) for k, v in cols.items()}
+    if not len(arrays["step"]):
+        raise ValueError("no episodes to decode")
+    arrays["images"] = arrays["images"].astype(np.uint8).reshape(-1, *image_shape)
+    arrays["proprio"] = arrays["proprio"].astype(np.float32).reshape(-1, C.PROPRIO_DIM)
+    arrays["action"] = arrays["action"].astype(np.float32).reshape(-1, C.ACTION_DIM)
+    arrays["task"] = arrays["task"].astype(object)
+    return StepTable(**arrays)

@@ -33,9 +33,13 @@ class ChunkWindows:
         if unknown:
             raise ValueError(f"snapshot has tasks the policy does not know: {unknown}")
         self.task_index = np.array([lookup[t] for t in table.task], dtype=np.int64)
+        self.sample_rows = np.flatnonzero(table.has_frame)  # only steps with a rendered frame
+
+    def sample(self, rng: np.random.Generator, batch_size: int) -> np.ndarray:
+        return self.sample_rows[rng.integers(0, len(self.sample_rows), batch_size)]
 
     def __len__(self) -> int:
-        return len(self.table)
+        return len(self.sample_rows)
 
     def batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         from vla_pipeline import constants as C

@@ -28,6 +28,9 @@ class ChunkResult:
     success: bool  # success flag seen inside the chunk
     terminated: bool
     truncated: bool
+    proprios: list[np.ndarray] = field(default_factory=list)  # before each executed step
+    actions: list[np.ndarray] = field(default_factory=list)  # executed (clipped) actions
+    successes: list[bool] = field(default_factory=list)  # success flag after each step
 
 
 def execute_chunk(
@@ -41,10 +44,14 @@ def execute_chunk(
     if actions.ndim != 2 or actions.shape[1] != ACTION_DIM or len(actions) < 1:
         raise ValueError(f"expected an action chunk of shape (K>=1, {ACTION_DIM}), got {actions.shape}")
     rewards: list[float] = []
+    proprios, executed, successes = [], [], []
     success = terminated = truncated = False
     for action in actions:
+        proprios.append(sim.proprio())
+        executed.append(np.clip(action, -1.0, 1.0).astype(np.float32))
         out = sim.step(action)
         rewards.append(out.reward)
+        successes.append(out.success)
         success |= out.success
         if on_step is not None:
             on_step(sim)
@@ -52,7 +59,16 @@ def execute_chunk(
             terminated, truncated = out.terminated, out.truncated
             break
     discounted = float(sum(r * gamma**i for i, r in enumerate(rewards)))
-    return ChunkResult(len(rewards), discounted, rewards, success, terminated, truncated)
+    return ChunkResult(len(rewards), discounted, rewards, success, terminated, truncated,
+                       proprios, executed, successes)
+
+
+def _pad(values: list, length: int, width: int | None = None) -> np.ndarray:
+    shape = (length,) if width is None else (length, width)
+    out = np.zeros(shape, np.float32)
+    if values:
+        out[: len(values)] = np.asarray(values, np.float32)
+    return out
 
 
 @dataclass
@@ -63,6 +79,7 @@ class EpisodeQueue:
     cycle_seed: Optional[int] = None
     tasks: Sequence[str] = ()
     variations: Sequence[int] = ()
+    offset: int = 0  # where this env starts in the round-robin over tasks
     _cursor: int = field(default=0, repr=False)
 
     def next(self, rng: np.random.Generator | None = None) -> Optional[EpisodeSpec]:
@@ -73,7 +90,7 @@ class EpisodeQueue:
             self._cursor += 1
             return spec
         assert rng is not None
-        task = self.tasks[self._cursor % len(self.tasks)]  # round-robin keeps tasks balanced
+        task = self.tasks[(self._cursor + self.offset) % len(self.tasks)]  # round-robin: balanced tasks
         self._cursor += 1
         variation = int(rng.choice(np.asarray(self.variations)))
         return EpisodeSpec(task, variation, int(rng.integers(2**31)), "train")
@@ -163,7 +180,11 @@ class ChunkEnv(gym.Env):
     def step(self, action):
         info = self._episode_info()
         if self._sim is None:  # idle: nothing left to run
-            info.update(steps=0, success=False, episode_step=0, success_step=-1)
+            k = self.chunk_len
+            info.update(steps=0, success=False, episode_step=0, success_step=-1,
+                        chunk_proprio=np.zeros((k, PROPRIO_DIM), np.float32),
+                        chunk_actions=np.zeros((k, ACTION_DIM), np.float32),
+                        chunk_rewards=np.zeros(k, np.float32), chunk_successes=np.zeros(k, np.float32))
             return self._idle_obs(), 0.0, False, False, info
         on_step = (lambda sim: self._frames.append(sim.render())) if self.record_frames else None
         actions = np.asarray(action, dtype=np.float64).reshape(-1, ACTION_DIM)
@@ -174,7 +195,11 @@ class ChunkEnv(gym.Env):
         else:
             obs = self._observe()
         info.update(steps=result.steps, success=result.success, episode_step=self._sim.t,
-                    success_step=self._sim.success_step)
+                    success_step=self._sim.success_step,
+                    chunk_proprio=_pad(result.proprios, self.chunk_len, PROPRIO_DIM),
+                    chunk_actions=_pad(result.actions, self.chunk_len, ACTION_DIM),
+                    chunk_rewards=_pad(result.rewards, self.chunk_len),
+                    chunk_successes=_pad(result.successes, self.chunk_len))
         return obs, result.reward, result.terminated, result.truncated, info
 
     def _observe_without_recording(self) -> dict:

@@ -186,15 +186,25 @@ class VLAPolicy(PreTrainedModel):
         }
 
     @torch.no_grad()
-    def act(self, obs: dict, deterministic: bool = True, generator: Optional[torch.Generator] = None) -> dict:
-        """Batched action chunks for env observations; returns numpy arrays."""
+    def act(self, obs: dict, deterministic: bool = True, generator: Optional[torch.Generator] = None,
+            with_log_probs: bool = False) -> dict:
+        """Batched action chunks for env observations; returns numpy arrays.
+
+        The Gaussian sample lives in normalised action space and is scored unclipped; only
+        the executed actions are clipped to [-1, 1] (CleanRL's convention).
+        """
         out = self(**self.obs_to_tensors(obs))
-        mean, std = out.action_mean, out.action_log_std.exp()
+        mean, log_std = out.action_mean, out.action_log_std
         if deterministic:
             sample = mean
         else:
-            noise = torch.randn(mean.shape, generator=generator, device=mean.device)
-            sample = mean + std * noise
+            noise = torch.randn(mean.shape, generator=generator).to(mean.device)  # CPU RNG: same draws on any device
+            sample = mean + log_std.exp() * noise
         actions = self.unnormalize_actions(sample).clamp(-1.0, 1.0)
-        return {"actions": actions.cpu().numpy(), "actions_normalized": sample.cpu().numpy(),
-                "value": out.value.cpu().numpy()}
+        result = {"actions": actions.cpu().numpy(), "actions_normalized": sample.cpu().numpy(),
+                  "value": out.value.cpu().numpy()}
+        if with_log_probs:
+            from vla_pipeline.rl.ppo import step_log_probs
+
+            result["step_log_probs"] = step_log_probs(mean, log_std, sample).cpu().numpy()
+        return result

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Set up everything the pipeline needs on a fresh Debian machine (idempotent):
+# Mesa EGL for headless MuJoCo if missing, a virtualenv in .venv, the local CPU build of
+# torch 2.13.0 (never the CUDA one on a CPU machine), then this package with its extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! ldconfig -p 2>/dev/null | grep -q 'libEGL.so.1' || ! ldconfig -p 2>/dev/null | grep -q 'libGL.so.1'; then
+  echo "setup: installing Mesa EGL/GL libraries for headless rendering" >&2
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri >/dev/null
+fi
+
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+# torch first, pinned: with it installed, nothing else can pull a CUDA build.
+if ! .venv/bin/python -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2.13.0")' 2>/dev/null; then
+  .venv/bin/python -m pip install -q "torch==2.13.0"
+fi
+.venv/bin/python -m pip install -q -e ".[test]"
+.venv/bin/python - <<'PY'
+import torch
+assert not torch.version.cuda or torch.cuda.is_available(), "a CUDA torch build was installed on a CPU machine"
+PY
+echo "setup: ok ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))" >&2

@@ -1,0 +1,113 @@
+"""The Typer commands, run in-process with CliRunner on real (tiny) MetaWorld data."""
+
+import json
+import shutil
+
+import yaml
+from typer.testing import CliRunner
+
+from stages.cli import app
+from tests.conftest import tiny_raw
+
+runner = CliRunner()
+
+
+def write_params(tmp_path, **overrides):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(tiny_raw(**overrides)))
+    return path
+
+
+def test_help_lists_every_stage():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for name in ("collect-demos", "sft", "evaluate", "evaluate-expert", "check-params"):
+        assert name in result.output
+
+
+def test_misspelled_param_exits_non_zero_and_writes_nothing(tmp_path):
+    params = tmp_path / "params.yaml"
+    raw = tiny_raw()
+    raw["demos"]["episodes_per_tsk"] = 3
+    params.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "demos"
+    result = runner.invoke(app, ["collect-demos", "--params", str(params), "--out", str(out),
+                                 "--metrics", str(tmp_path / "m.json")])
+    assert result.exit_code == 1
+    assert "unknown key 'demos.episodes_per_tsk'" in result.output
+    assert "did you mean 'demos.episodes_per_task'" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_unknown_task_exits_non_zero(tmp_path):
+    params = write_params(tmp_path, env={"tasks": ["reach-v3", "fly-to-moon-v3"]})
+    result = runner.invoke(app, ["check-params", "--params", str(params)])
+    assert result.exit_code == 1 and "unknown MetaWorld task 'fly-to-moon-v3'" in result.output
+
+
+def test_collect_demos_writes_snapshot_and_counts(tmp_path):
+    params = write_params(tmp_path, demos={"episodes_per_task": 1})
+    out, metrics = tmp_path / "demos", tmp_path / "demos.json"
+    result = runner.invoke(app, ["collect-demos", "--params", str(params), "--out", str(out), "--metrics", str(metrics)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["drawer-close-v3.parquet", "manifest.json", "reach-v3.parquet"]
+    counts = json.loads(metrics.read_text())
+    assert counts["expert"]["reach-v3"]["episodes"] == 1 and counts["total_episodes"] >= 1
+
+
+def test_sft_refuses_a_missing_snapshot(tmp_path):
+    params = write_params(tmp_path)
+    result = runner.invoke(app, ["sft", "--params", str(params), "--demos", str(tmp_path / "nope"),
+                                 "--out", str(tmp_path / "ck"), "--curve", str(tmp_path / "c.json")])
+    assert result.exit_code == 1 and "buffer snapshot not found" in result.output
+    assert not (tmp_path / "ck").exists()
+
+
+def test_sft_refuses_demos_of_another_image_size(tmp_path, tiny_demos):
+    params = write_params(tmp_path, env={"image_size": 48})
+    result = runner.invoke(app, ["sft", "--params", str(params), "--demos", str(tiny_demos),
+                                 "--out", str(tmp_path / "ck"), "--curve", str(tmp_path / "c.json")])
+    assert result.exit_code == 1 and "images are (32, 32, 3), env.image_size is 48" in result.output
+
+
+def test_sft_then_evaluate(tmp_path, tiny_demos):
+    params = write_params(tmp_path, sft={"steps": 4, "log_every": 2})
+    ck = tmp_path / "ck"
+    result = runner.invoke(app, ["sft", "--params", str(params), "--demos", str(tiny_demos), "--out", str(ck),
+                                 "--curve", str(tmp_path / "curve.json")])
+    assert result.exit_code == 0, result.output
+    assert [r["step"] for r in json.loads((tmp_path / "curve.json").read_text())] == [2, 4]
+    args = ["evaluate", "--params", str(params), "--checkpoint", str(ck), "--name", "sft",
+            "--metrics", str(tmp_path / "m.json"), "--table", str(tmp_path / "t.json"), "--videos", str(tmp_path / "v")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["all"]["episodes"] == 6 and set(metrics["tasks"]) == {"reach-v3", "drawer-close-v3"}
+    assert metrics["protocol"]["horizon"] == 100
+    assert len(list((tmp_path / "v").glob("*.mp4"))) == 1
+    rows = json.loads((tmp_path / "t.json").read_text())
+    assert {r["split"] for r in rows} == {"heldout", "train"}
+
+
+def test_evaluate_refuses_a_truncated_checkpoint_and_keeps_old_metrics(tmp_path, tiny_checkpoint):
+    params = write_params(tmp_path)
+    ck = tmp_path / "ck"
+    shutil.copytree(tiny_checkpoint, ck)
+    weights = ck / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    (tmp_path / "m.json").write_text('{"old": true}\n')
+    result = runner.invoke(app, ["evaluate", "--params", str(params), "--checkpoint", str(ck), "--name", "sft",
+                                 "--metrics", str(tmp_path / "m.json"), "--table", str(tmp_path / "t.json"),
+                                 "--videos", str(tmp_path / "v")])
+    assert result.exit_code == 1 and "unreadable safetensors" in result.output
+    assert (tmp_path / "m.json").read_text() == '{"old": true}\n'
+    assert not (tmp_path / "t.json").exists() and not (tmp_path / "v").exists()
+
+
+def test_evaluate_expert(tmp_path):
+    params = write_params(tmp_path)
+    result = runner.invoke(app, ["evaluate-expert", "--params", str(params), "--metrics", str(tmp_path / "e.json"),
+                                 "--table", str(tmp_path / "t.json")])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "e.json").read_text())
+    assert metrics["policy"] == "expert" and metrics["all"]["success"] > 0.5

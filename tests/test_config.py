@@ -1,0 +1,80 @@
+import pytest
+import yaml
+
+from tests.conftest import ROOT, tiny_raw
+from vla_pipeline.config import SECTIONS, load_params, parse_params
+from vla_pipeline.errors import PipelineError
+
+
+def error_of(raw) -> str:
+    with pytest.raises(PipelineError) as info:
+        parse_params(raw, "params.yaml")
+    return str(info.value)
+
+
+def test_default_params_file_is_valid():
+    params = load_params(ROOT / "params.yaml")
+    assert params.policy.chunk_len >= 1
+    assert params.env.suite == "mt10"
+
+
+def test_paper_profile_is_valid():
+    params = load_params(ROOT / "params-paper.yaml")
+    assert params.sft.device.startswith("cuda")
+
+
+def test_misspelled_key_is_named_with_a_suggestion():
+    msg = error_of(tiny_raw(sft={"lrr": 0.1}))
+    assert "params.yaml: unknown key 'sft.lrr'" in msg
+    assert "did you mean 'sft.lr'" in msg
+
+
+def test_unknown_section_is_refused():
+    raw = tiny_raw()
+    raw["sftt"] = {}
+    assert "unknown key 'sftt'" in error_of(raw)
+
+
+def test_chunk_length_below_one_is_refused():
+    msg = error_of(tiny_raw(policy={"chunk_len": 0}))
+    assert "policy.chunk_len" in msg and "greater than or equal to 1" in msg
+
+
+def test_negative_episodes_are_refused():
+    assert "demos.episodes_per_task" in error_of(tiny_raw(demos={"episodes_per_task": -3}))
+
+
+def test_wrong_type_is_refused():
+    assert "sft.steps" in error_of(tiny_raw(sft={"steps": "many"}))
+
+
+def test_unknown_task_is_refused_with_a_hint():
+    msg = error_of(tiny_raw(env={"tasks": ["reach-v3", "pick-plaec-v3"]}))
+    assert "unknown MetaWorld task 'pick-plaec-v3'" in msg and "pick-place-v3" in msg
+
+
+def test_unknown_camera_is_refused():
+    assert "unknown camera 'corner9'" in error_of(tiny_raw(env={"camera": "corner9"}))
+
+
+def test_horizon_beyond_metaworld_limit_is_refused():
+    assert "env.max_episode_steps" in error_of(tiny_raw(env={"max_episode_steps": 501}))
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(PipelineError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("env: [unclosed\n")
+    with pytest.raises(PipelineError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_every_dvc_stage_declares_known_sections():
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    for name, stage in dvc["stages"].items():
+        body = stage.get("do", stage)
+        for entry in body.get("params", []):
+            section = entry.split(".")[0] if isinstance(entry, str) else None
+            if section is not None:
+                assert section in SECTIONS, f"{name} declares unknown params section {section}"

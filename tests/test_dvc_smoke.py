@@ -1,0 +1,89 @@
+"""End-to-end: the real dvc.yaml on tiny params, in a throw-away copy of the repository."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, TINY_PARAMS_FILE
+
+pytestmark = pytest.mark.slow
+
+
+def run(cmd, cwd, env, check=True):
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    dest = tmp_path_factory.mktemp("smoke") / "repo"
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    shutil.copy2(TINY_PARAMS_FILE, dest / "params.yaml")
+    for stale in ("dvc.lock",) + tuple(str(p.relative_to(ROOT)) for p in (ROOT / "data" / "metrics").glob("*.json")):
+        (dest / stale).unlink(missing_ok=True)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               DVC_NO_ANALYTICS="1", PYTHONPATH=str(dest), GIT_AUTHOR_NAME="ci", GIT_AUTHOR_EMAIL="ci@localhost",
+               GIT_COMMITTER_NAME="ci", GIT_COMMITTER_EMAIL="ci@localhost")
+    run(["git", "init", "-q"], dest, env)
+    run(["git", "add", "-A"], dest, env)
+    run(["git", "commit", "-qm", "smoke"], dest, env)
+    return dest, env
+
+
+def test_repro_runs_everything_then_nothing_then_one_stage(repo):
+    dest, env = repo
+    first = run([sys.executable, "-m", "dvc", "repro"], dest, env)
+    for stage in ("collect_demos", "sft", "evaluate_expert", "evaluate@sft", "ppo@r01", "snapshot@r01",
+                  "evaluate_round@r01"):
+        assert f"Running stage '{stage}'" in first.stdout
+    assert (dest / "data/checkpoints/sft/model.safetensors").is_file()
+    assert (dest / "data/metrics/eval-sft.json").is_file() and list((dest / "data/videos/sft").glob("*.mp4"))
+
+    second = run([sys.executable, "-m", "dvc", "repro"], dest, env)
+    assert "Running stage" not in second.stdout
+
+    single = run([sys.executable, "-m", "dvc", "repro", "--force", "--single-item", "evaluate@sft"], dest, env)
+    assert "Running stage 'evaluate@sft'" in single.stdout
+    assert "Running stage 'sft'" not in single.stdout and "collect_demos" not in single.stdout.replace("'evaluate", "")
+
+    shown = run([sys.executable, "-m", "dvc", "metrics", "show"], dest, env)
+    assert "eval-sft.json" in shown.stdout and "tasks.reach-v3.all.success" in shown.stdout
+
+    # Only small metrics may reach git (root .gitignore: /data/* and !/data/metrics/).
+    run(["git", "add", "-A"], dest, env)
+    staged = run(["git", "ls-files", "data"], dest, env).stdout.split()
+    assert staged and all(name.startswith("data/metrics/") and name.endswith(".json") for name in staged)
+
+
+def test_same_params_give_identical_buffers_and_metrics(repo):
+    """Reproducibility: a forced rerun rewrites byte-identical demos and identical metrics."""
+    dest, env = repo
+    demos = dest / "data/buffers/demos"
+    before = {p.name: p.read_bytes() for p in demos.iterdir()}
+    metrics_before = (dest / "data/metrics/eval-sft.json").read_text()
+    run([sys.executable, "-m", "dvc", "repro", "--force"], dest, env)
+    after = {p.name: p.read_bytes() for p in demos.iterdir()}
+    assert before == after
+    assert (dest / "data/metrics/eval-sft.json").read_text() == metrics_before
+
+
+def test_adding_a_round_reruns_only_that_round(repo):
+    dest, env = repo
+    params = dest / "params.yaml"
+    params.write_text(params.read_text().replace(
+        "  r01: {policy_in: sft, buffer_in: demos}\n",
+        "  r01: {policy_in: sft, buffer_in: demos}\n  r02: {policy_in: r01, buffer_in: r01}\n"))
+    out = run([sys.executable, "-m", "dvc", "repro"], dest, env).stdout
+    ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
+    assert ran == ["evaluate_round@r02", "ppo@r02", "snapshot@r02"]

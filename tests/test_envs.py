@@ -1,0 +1,126 @@
+import numpy as np
+import pytest
+
+from vla_pipeline.config import EnvConfig
+from vla_pipeline.envs.chunk_env import ChunkEnv, EpisodeQueue, evaluation_episodes, execute_chunk
+from vla_pipeline.envs.experts import make_expert
+from vla_pipeline.envs.rendering import BlackFrameError
+from vla_pipeline.envs.sim import TaskSim
+from vla_pipeline.envs.tasks import EpisodeSpec
+
+ENV = EnvConfig(suite="custom", tasks=["reach-v3", "drawer-close-v3"], image_size=64, max_episode_steps=150,
+                vector="sync", num_envs=1)
+
+
+def expert_steps_until_success(task: str, variation: int) -> list[np.ndarray]:
+    """Expert actions of one episode up to and including its first success."""
+    sim = TaskSim(task, ENV, render=False)
+    expert, state, actions = make_expert(task), sim.reset(variation), []
+    while True:
+        actions.append(np.clip(expert.get_action(state), -1, 1))
+        out = sim.step(actions[-1])
+        state = out.state
+        if out.success or out.truncated:
+            sim.close()
+            assert out.success
+            return actions
+
+
+def test_corner_camera_is_right_way_up():
+    """The wooden table (brown, wide) must fill the lower half of a rotated corner4 frame."""
+    sim = TaskSim("reach-v3", ENV)
+    sim.reset(0)
+    frame = sim.render().astype(int)
+    sim.close()
+    r, g, b = frame[..., 0], frame[..., 1], frame[..., 2]
+    brown = (r > g + 15) & (g > b) & (r > 60) & (r < 200)
+    h = frame.shape[0]
+    assert brown[h // 2:].sum() > 3 * brown[: h // 2].sum()
+
+
+def test_two_envs_in_one_process_both_render_non_black_frames():
+    first = TaskSim("reach-v3", ENV)
+    first.reset(0)
+    second = TaskSim("drawer-close-v3", ENV)
+    second.reset(0)
+    a = second.render()
+    first.close()  # freeing one renderer must not blank the other (env-probe 2b)
+    del first
+    b = second.render()
+    second.close()
+    assert a.mean() > 10 and b.mean() > 10
+
+
+def test_black_frames_are_refused(monkeypatch):
+    sim = TaskSim("reach-v3", ENV)
+    sim.reset(0)
+    monkeypatch.setattr(sim.renderer._renderer, "render", lambda: np.zeros((64, 64, 3), np.uint8))
+    with pytest.raises(BlackFrameError):
+        sim.render()
+    sim.close()
+
+
+def test_variation_fixes_the_initial_state_and_reset_seed_does_not_matter():
+    sim = TaskSim("reach-v3", ENV, render=False)
+    a, b, c = sim.reset(3), sim.reset(3), sim.reset(4)
+    sim.close()
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_chunk_stops_early_on_success_and_discounts_reward():
+    actions = expert_steps_until_success("reach-v3", 0)
+    k, n_before = 8, len(actions) - 3  # success lands on the 3rd action of the last chunk
+    sim = TaskSim("reach-v3", ENV, render=False)
+    sim.reset(0)
+    for action in actions[:n_before]:
+        assert not sim.step(action).success
+    chunk = np.stack(actions[n_before:] + [np.zeros(4)] * (k - 3))
+    result = execute_chunk(sim, chunk, gamma=0.9)
+    sim.close()
+    assert result.steps == 3 and result.terminated and not result.truncated and result.success
+    assert result.reward == pytest.approx(0.9**2)  # sparse reward 1 on the 3rd executed step
+    assert sim.success_step == len(actions)
+
+
+def test_chunk_stops_at_the_time_limit():
+    cfg = ENV.model_copy(update={"max_episode_steps": 10})
+    sim = TaskSim("reach-v3", cfg, render=False)
+    sim.reset(0)
+    execute_chunk(sim, np.zeros((8, 4)), 0.99)
+    result = execute_chunk(sim, np.zeros((8, 4)), 0.99)
+    sim.close()
+    assert result.steps == 2 and result.truncated and not result.terminated and result.reward == 0.0
+
+
+def test_dense_reward_and_step_cost_options():
+    cfg = ENV.model_copy(update={"reward": "dense", "step_cost": 0.5})
+    sim = TaskSim("reach-v3", cfg, render=False)
+    sim.reset(0)
+    out = sim.step(np.zeros(4))
+    sim.close()
+    assert out.reward != -0.5 and out.reward > -0.5  # MetaWorld's dense reward is >= 0
+
+
+def test_chunk_env_renders_only_at_decision_points():
+    env = ChunkEnv(ENV.model_dump(), 4, 0.99, EpisodeQueue([EpisodeSpec("reach-v3", 0, 0)]))
+    obs, info = env.reset()
+    assert obs["image"].shape == (64, 64, 3) and obs["proprio"].shape == (4,)
+    for _ in range(3):
+        obs, reward, terminated, truncated, info = env.step(np.zeros((4, 4)))
+    assert env.counters() == {"renders": 4, "env_steps": 12}
+    obs, _ = env.reset()  # queue exhausted: the env idles
+    assert obs["image"].sum() == 0
+    _, _, _, _, info = env.step(np.zeros((4, 4)))
+    assert info["idle"] and info["steps"] == 0
+    env.close()
+
+
+def test_evaluation_list_is_fixed_and_split():
+    episodes = evaluation_episodes(ENV, episodes_seen=2, episodes_heldout=3, seed=7)
+    assert episodes == evaluation_episodes(ENV, episodes_seen=2, episodes_heldout=3, seed=7)
+    heldout = [e for e in episodes if e.split == "heldout"]
+    seen = [e for e in episodes if e.split == "train"]
+    assert len(heldout) == 6 and len(seen) == 4
+    assert all(e.variation >= ENV.train_variations for e in heldout)
+    assert all(e.variation < ENV.train_variations for e in seen)

@@ -1,0 +1,38 @@
+import errno
+import os
+
+import pytest
+
+from vla_pipeline.errors import PipelineError
+from vla_pipeline.io import atomic_directory, dumps_json, write_json_atomic
+
+
+def test_json_is_deterministic_and_sorted():
+    assert dumps_json({"b": 1, "a": [1.5, float("nan")]}) == '{\n  "a": [\n    1.5,\n    null\n  ],\n  "b": 1\n}\n'
+
+
+def test_atomic_directory_replaces_only_on_success(tmp_path):
+    out = tmp_path / "ckpt"
+    with atomic_directory(out) as tmp:
+        (tmp / "weights").write_text("v1")
+    with pytest.raises(RuntimeError):
+        with atomic_directory(out) as tmp:
+            (tmp / "weights").write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert (out / "weights").read_text() == "v1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporaries left
+
+
+def test_disk_full_gives_a_clear_error_and_keeps_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "metrics.json"
+    write_json_atomic(target, {"v": 1})
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(PipelineError, match="disk is full"):
+        write_json_atomic(target, {"v": 2})
+    monkeypatch.undo()
+    assert target.read_text() == dumps_json({"v": 1})
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]

@@ -1,0 +1,90 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import tiny_raw
+from vla_pipeline.checkpoint import load_policy, save_policy
+from vla_pipeline.config import parse_params
+from vla_pipeline.errors import PipelineError
+from vla_pipeline.policies.factory import build_policy
+from vla_pipeline.policies.vla import VLAPolicy
+
+
+@pytest.fixture
+def policy():
+    params = parse_params(tiny_raw())
+    torch.manual_seed(0)
+    return build_policy(params.policy, params.env, ["reach-v3", "drawer-close-v3"]).eval()
+
+
+def obs(batch=3, size=32):
+    rng = np.random.default_rng(0)
+    return {"image": rng.integers(0, 255, (batch, size, size, 3), dtype=np.uint8),
+            "proprio": rng.normal(size=(batch, 4)).astype(np.float32), "task_index": np.array([0, 1, 0][:batch])}
+
+
+def test_forward_shapes_and_action_range(policy):
+    out = policy.act(obs(), deterministic=False, generator=torch.Generator().manual_seed(0))
+    assert out["actions"].shape == (3, 4, 4) and out["value"].shape == (3,)
+    assert np.abs(out["actions"]).max() <= 1.0
+
+
+def test_instruction_changes_the_output(policy):
+    o = obs()
+    o["image"][:] = o["image"][0]
+    o["proprio"][:] = o["proprio"][0]
+    means = policy(**policy.obs_to_tensors(o)).action_mean
+    assert torch.allclose(means[0], means[2]) and not torch.allclose(means[0], means[1])
+
+
+def test_save_pretrained_from_pretrained_round_trip(policy, tmp_path):
+    policy.set_normalization(np.ones((10, 4)) * 3 + np.arange(10)[:, None], np.zeros((10, 4)))
+    save_policy(policy, tmp_path / "ck", {"stage": "test"})
+    names = sorted(p.name for p in (tmp_path / "ck").iterdir())
+    assert names == ["config.json", "model.safetensors", "training_state.json"]
+    for loaded in (load_policy(tmp_path / "ck"), VLAPolicy.from_pretrained(tmp_path / "ck").eval()):
+        assert torch.equal(loaded.proprio_mean, policy.proprio_mean)
+        a = policy(**policy.obs_to_tensors(obs())).action_mean
+        b = loaded(**loaded.obs_to_tensors(obs())).action_mean
+        assert torch.equal(a, b)
+        assert loaded.config.task_names == ["reach-v3", "drawer-close-v3"]
+
+
+def test_truncated_weights_are_refused(policy, tmp_path):
+    save_policy(policy, tmp_path / "ck", {})
+    weights = tmp_path / "ck" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(PipelineError, match="model.safetensors: unreadable safetensors"):
+        load_policy(tmp_path / "ck")
+
+
+def test_missing_weights_and_foreign_config_are_refused(policy, tmp_path):
+    save_policy(policy, tmp_path / "ck", {})
+    shutil.copytree(tmp_path / "ck", tmp_path / "foreign")
+    (tmp_path / "ck" / "model.safetensors").unlink()
+    with pytest.raises(PipelineError, match="checkpoint weights missing"):
+        load_policy(tmp_path / "ck")
+    config = json.loads((tmp_path / "foreign" / "config.json").read_text())
+    config["model_type"] = "bert"
+    (tmp_path / "foreign" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(PipelineError, match="model_type 'bert' is not 'vla_pipeline_vla'"):
+        load_policy(tmp_path / "foreign")
+
+
+def test_config_of_another_shape_is_refused(policy, tmp_path):
+    save_policy(policy, tmp_path / "ck", {})
+    config = json.loads((tmp_path / "ck" / "config.json").read_text())
+    config["d_model"] = 48
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(PipelineError, match="has shape"):
+        load_policy(tmp_path / "ck")
+
+
+def test_diverged_model_is_not_saved(policy, tmp_path):
+    with torch.no_grad():
+        policy.action_log_std.fill_(float("nan"))
+    with pytest.raises(PipelineError, match="diverged"):
+        save_policy(policy, tmp_path / "ck", {})

@@ -1,0 +1,66 @@
+"""What a DVC round reads and writes: predecessor paths, buffer seeding, snapshots.
+
+Every checkpoint and buffer lives at `data/<kind>/<name>`, including `sft` and `demos`, so
+a round item only names its predecessors (`r02: {policy_in: r01, buffer_in: r01}`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vla_pipeline.config import Params
+from vla_pipeline.data.snapshot import EncodedEpisode, load_episodes, read_manifest, write_snapshot
+from vla_pipeline.errors import PipelineError
+from vla_pipeline.rl.buffer import SelfBCBuffer
+
+DATA = Path("data")
+
+
+def checkpoint_dir(name: str, root: Path = DATA) -> Path:
+    return root / "checkpoints" / name
+
+
+def buffer_dir(name: str, root: Path = DATA) -> Path:
+    return root / "buffers" / name
+
+
+def rollouts_dir(name: str, root: Path = DATA) -> Path:
+    return root / "rollouts" / name
+
+
+def round_item(params: Params, round_name: str):
+    if round_name not in params.rounds:
+        known = ", ".join(params.rounds) or "none"
+        raise PipelineError(f"params.yaml: no round named {round_name!r} under 'rounds' (known: {known})")
+    return params.rounds[round_name]
+
+
+def open_buffer(params: Params, buffer_in: str, snapshot: Path) -> tuple[SelfBCBuffer, set[str]]:
+    """The buffer a round starts from; returns it and the tasks whose content was filtered."""
+    buffer = SelfBCBuffer(params.buffer.key, params.buffer.capacity)
+    if buffer_in == "demos" and not params.buffer.seed_with_demos:
+        return buffer, set()
+    by_task, _ = load_episodes(snapshot)
+    differs = set()
+    for task in sorted(by_task):
+        differs |= buffer.seed(by_task[task])
+    return buffer, differs
+
+
+def replay_successes(buffer: SelfBCBuffer, rollouts: dict[str, list[EncodedEpisode]]) -> None:
+    """Offer a round's successes in collection order (per task, which is all admission sees)."""
+    for task in sorted(rollouts):
+        for ep in rollouts[task]:
+            buffer.offer(ep)
+
+
+def write_buffer(out_dir: Path, buffer: SelfBCBuffer, source_snapshot: Path | None, filtered: set[str],
+                 provenance: dict, image_shape: tuple) -> dict:
+    """Snapshot the buffer; tasks it did not change reuse the source shard byte-for-byte."""
+    by_task = buffer.episodes_by_task()
+    reusable = set()
+    if source_snapshot is not None:
+        shards = read_manifest(source_snapshot)["shards"]
+        reusable = {t for t in by_task if f"{t}.parquet" in shards} - buffer.changed_tasks - filtered
+    plan = {task: (None if task in reusable else eps) for task, eps in by_task.items()}
+    return write_snapshot(out_dir, plan, image_shape, provenance, reuse_from=source_snapshot)

@@ -1,0 +1,232 @@
+"""One DVC round of action-chunked PPO with self-BC: collect -> buffer -> GAE -> update.
+
+The shape follows SB3's split: `ChunkCollector` collects and stores (with chunk GAE),
+`SelfBCBuffer` keeps the best successes, `update` runs the minibatch epochs. A round is
+several iterations inside one process; DVC caches rounds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from vla_pipeline import constants as C
+from vla_pipeline.config import Params
+from vla_pipeline.data.snapshot import EncodedEpisode
+from vla_pipeline.data.windows import ChunkWindows
+from vla_pipeline.envs.chunk_env import EpisodeQueue
+from vla_pipeline.envs.tasks import resolve_tasks, train_variations
+from vla_pipeline.envs.vector import make_chunk_vector_env
+from vla_pipeline.errors import PipelineError
+from vla_pipeline.policies.vla import VLAPolicy
+from vla_pipeline.rl.buffer import SelfBCBuffer
+from vla_pipeline.rl.ppo import chunk_log_prob, explained_variance, ppo_loss, step_log_probs
+from vla_pipeline.rl.rollout import ChunkCollector
+from vla_pipeline.rl.storage import RolloutBatch
+from vla_pipeline.rl.weighting import BCWeight
+from vla_pipeline.sft import batch_to_tensors, bc_loss_on_batch
+
+HEAD_MODULES = ("action_head",)
+VALUE_MODULES = ("value_head",)
+
+
+def parameter_groups(policy: VLAPolicy, params: Params) -> list[dict]:
+    """Trunk / action head / critic get their own learning rates; a frozen trunk gets none."""
+    cfg = params.ppo
+    groups = {"trunk": [], "head": [], "value": []}
+    for name, param in policy.named_parameters():
+        top = name.split(".")[0]
+        if top in HEAD_MODULES or name == "action_log_std":
+            groups["head"].append(param)
+        elif top in VALUE_MODULES:
+            groups["value"].append(param)
+        else:
+            groups["trunk"].append(param)
+    if cfg.freeze_backbone:
+        for param in groups.pop("trunk"):
+            param.requires_grad_(False)
+    lrs = {"trunk": cfg.lr, "head": cfg.head_lr, "value": cfg.value_lr}
+    return [{"params": [p for p in ps if p.requires_grad], "lr": lrs[g], "name": g}
+            for g, ps in groups.items() if ps]
+
+
+@dataclass
+class RoundResult:
+    curve: list[dict]
+    successes: list[EncodedEpisode]  # every successful training episode, in collection order
+    buffer: SelfBCBuffer
+    counters: dict
+
+
+class PPOTrainer:
+    def __init__(self, policy: VLAPolicy, buffer: SelfBCBuffer, params: Params, round_name: str):
+        self.policy, self.buffer, self.params, self.round_name = policy, buffer, params, round_name
+        self.cfg = params.ppo
+        self.rng = np.random.default_rng([self.cfg.seed, 1])
+        self.generator = torch.Generator().manual_seed(self.cfg.seed)
+        self.optimizer = torch.optim.AdamW(parameter_groups(policy, params), weight_decay=0.0, eps=1e-5)
+        self.trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
+        bc = params.bc
+        self.weight = BCWeight(bc.weight_rule, bc.weight, lr=bc.dual_lr, w_min=bc.weight_min, w_max=bc.weight_max)
+        self.image_shape = (params.env.image_size, params.env.image_size, 3)
+        self._windows: ChunkWindows | None = None
+        self._windows_version = -1
+        self.skipped = 0
+
+    # ------------------------------------------------------------------ BC data
+    def bc_windows(self) -> ChunkWindows | None:
+        if not self.weight.active or len(self.buffer) == 0:
+            return None
+        if self._windows is None or self._windows_version != self.buffer.version:
+            table = self.buffer.step_table(self.image_shape)
+            self._windows = ChunkWindows(table, self.policy.config.chunk_len, self.policy.config.task_names)
+            self._windows_version = self.buffer.version
+        return self._windows
+
+    def bc_loss(self, windows: ChunkWindows) -> torch.Tensor:
+        rows = windows.sample(self.rng, self.params.bc.batch_size)
+        batch = batch_to_tensors(windows.batch(rows), self.cfg.device)
+        return bc_loss_on_batch(self.policy, batch, self.params.bc.loss, 0, self.generator)
+
+    @torch.no_grad()
+    def measure_bc_loss(self, batches: int = 4) -> float | None:
+        windows = self.bc_windows()
+        if windows is None:
+            return None
+        return float(np.mean([self.bc_loss(windows).item() for _ in range(batches)]))
+
+    # ------------------------------------------------------------------ update
+    def update(self, batch: RolloutBatch, value_only: bool) -> dict:
+        """Minibatch epochs over one iteration's decisions.
+
+        The policy stays in eval mode: BatchNorm uses its running statistics, so the new
+        policy equals the behaviour policy at the first minibatch (ratio exactly 1).
+        """
+        cfg, policy = self.cfg, self.policy
+        policy.eval()
+        windows = None if value_only else self.bc_windows()
+        logs: dict[str, list] = {k: [] for k in ("policy_loss", "value_loss", "bc_loss", "approx_kl",
+                                                  "clip_fraction", "ratio_mean", "weight", "entropy")}
+        first_minibatch: dict = {}
+        n = len(batch)
+        stop = False
+        for epoch in range(cfg.epochs):
+            order = self.rng.permutation(n)
+            for start in range(0, n, cfg.minibatch_size):
+                idx = order[start:start + cfg.minibatch_size]
+                if len(idx) < 2:
+                    continue
+                terms, bc_loss = self._minibatch_loss(batch, idx, windows)
+                loss = terms.value_loss * cfg.value_coef if value_only else terms.loss
+                if bc_loss is not None:
+                    loss = loss + self.weight.weight * bc_loss
+                self._step(loss)
+                if not first_minibatch:
+                    first_minibatch = {"ratio": terms.ratio_mean.item(), "clip_fraction": terms.clip_fraction.item()}
+                if bc_loss is not None:
+                    logs["bc_loss"].append(bc_loss.item())
+                    self.weight.update(bc_loss.item())
+                logs["weight"].append(self.weight.weight)
+                for key in ("policy_loss", "value_loss", "approx_kl", "clip_fraction", "ratio_mean", "entropy"):
+                    logs[key].append(getattr(terms, key).item())
+                if not value_only and cfg.target_kl is not None and terms.approx_kl.item() > cfg.target_kl:
+                    stop = True
+                    break
+            if stop:
+                break
+        out = {key: float(np.mean(v)) if v else None for key, v in logs.items()}
+        out.update(epochs_run=epoch + 1, early_stop=stop, first_ratio=first_minibatch.get("ratio"),
+                   first_clip_fraction=first_minibatch.get("clip_fraction"), weight=self.weight.weight,
+                   explained_variance=explained_variance(batch.values, batch.returns))
+        return out
+
+    def _minibatch_loss(self, batch: RolloutBatch, idx: np.ndarray, windows):
+        cfg, policy = self.cfg, self.policy
+        t = lambda a: torch.as_tensor(a[idx], device=cfg.device)  # noqa: E731
+        out = policy(images=t(batch.images), proprio=t(batch.proprio), task_index=t(batch.task_index))
+        actions, mask, old_step_lp = t(batch.actions), t(batch.step_mask), t(batch.log_probs)
+        advantages = t(batch.advantages)
+        if cfg.logprob == "chunk":
+            new_lp = chunk_log_prob(out.action_mean, out.action_log_std, actions, mask)
+            old_lp = (old_step_lp * mask).sum(-1)
+            adv = advantages
+        else:  # one ratio per executed step, each with its chunk's advantage
+            executed = mask.bool()
+            new_lp = step_log_probs(out.action_mean, out.action_log_std, actions)[executed]
+            old_lp = old_step_lp[executed]
+            adv = advantages[:, None].expand_as(mask)[executed]
+        terms = ppo_loss(new_lp, old_lp, adv, out.value, t(batch.values), t(batch.returns), out.action_log_std,
+                         cfg.clip, cfg.value_clip, cfg.value_coef, cfg.entropy_coef)
+        bc_loss = self.bc_loss(windows) if windows is not None else None
+        return terms, bc_loss
+
+    def _step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if torch.isfinite(loss):
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.max_grad_norm)
+            if torch.isfinite(grad_norm):
+                self.optimizer.step()
+                return
+        self.skipped += 1
+        if self.skipped > self.cfg.max_skipped_batches:
+            raise PipelineError(
+                f"ppo round {self.round_name}: non-finite loss or gradient (loss={loss.item()}); stopping "
+                f"without writing a checkpoint (ppo.max_skipped_batches={self.cfg.max_skipped_batches})")
+
+
+def training_queues(params: Params, n_envs: int) -> list[EpisodeQueue]:
+    tasks, variations = resolve_tasks(params.env), train_variations(params.env)
+    return [EpisodeQueue(cycle_seed=params.ppo.seed * 1000 + i, tasks=tasks, variations=variations,
+                         offset=(i * len(tasks)) // n_envs) for i in range(n_envs)]
+
+
+def run_round(policy: VLAPolicy, buffer: SelfBCBuffer, params: Params, round_name: str) -> RoundResult:
+    cfg = params.ppo
+    torch.manual_seed(cfg.seed)
+    policy.to(cfg.device)
+    trainer = PPOTrainer(policy, buffer, params, round_name)
+    start_bc = trainer.measure_bc_loss()
+    if params.bc.weight_rule == "dual" and start_bc is not None:
+        trainer.weight.set_target(start_bc, params.bc.target_slack)
+    n_envs = params.env.num_envs
+    lockstep = -(-cfg.decisions_per_iteration // n_envs)
+    envs = make_chunk_vector_env(params.env, policy.config.chunk_len, cfg.gamma, training_queues(params, n_envs),
+                                 params.env.vector)
+    curve, successes = [], []
+    timing = {"collect_seconds": 0.0, "update_seconds": 0.0}  # printed, never stored in outputs
+    started = time.perf_counter()
+    try:
+        collector = ChunkCollector(envs, cfg.gamma, cfg.gae_lambda, round_name, trainer.generator)
+        for it in tqdm(range(1, cfg.iterations + 1), desc=f"ppo {round_name}", unit="iter", mininterval=1.0):
+            t0 = time.perf_counter()
+            policy.eval()
+            batch, finished, stats = collector.collect(policy, lockstep)
+            t_collect = time.perf_counter() - t0
+            admitted = 0
+            for ep in finished:
+                if ep.steps_to_success > 0:
+                    successes.append(ep)
+                    admitted += buffer.offer(ep)
+            value_only = it <= cfg.critic_warmup_iterations
+            t1 = time.perf_counter()
+            update = trainer.update(batch, value_only)
+            solved = [ep for ep in finished if ep.steps_to_success > 0]
+            curve.append({
+                "round": round_name, "iteration": it, "value_only": value_only, **stats,
+                "success_rate": stats["successes"] / stats["episodes"] if stats["episodes"] else None,
+                "steps_to_success": float(np.mean([ep.steps_to_success for ep in solved])) if solved else None,
+                "buffer_admitted": admitted, **{f"buffer_{k}": v for k, v in buffer.stats().items()},
+                "bc_target": trainer.weight.target, **update})
+            timing["collect_seconds"] += t_collect
+            timing["update_seconds"] += time.perf_counter() - t1
+    finally:
+        envs.close()
+    policy.eval()
+    counters = {"seconds": time.perf_counter() - started, **timing, "env_steps": collector.env_steps,
+                "skipped_batches": trainer.skipped, "bc_loss_at_start": start_bc}
+    return RoundResult(curve, successes, buffer, counters)
