@@ -111,3 +111,13 @@ def test_evaluate_expert(tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "e.json").read_text())
     assert metrics["policy"] == "expert" and metrics["all"]["success"] > 0.5
+
+
+def test_diverging_sft_stops_with_a_clear_error_and_no_checkpoint(tmp_path, tiny_demos):
+    params = write_params(tmp_path, sft={"steps": 30, "lr": 1.0e12, "weight_decay": 0.0, "warmup_steps": 0})
+    ck = tmp_path / "ck"
+    result = runner.invoke(app, ["sft", "--params", str(params), "--demos", str(tiny_demos), "--out", str(ck),
+                                 "--curve", str(tmp_path / "curve.json")])
+    assert result.exit_code == 1, result.output
+    assert "non-finite loss or gradient" in result.output
+    assert not ck.exists() and not (tmp_path / "curve.json").exists()

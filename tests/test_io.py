@@ -36,3 +36,43 @@ def test_disk_full_gives_a_clear_error_and_keeps_old_file(tmp_path, monkeypatch)
     monkeypatch.undo()
     assert target.read_text() == dumps_json({"v": 1})
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_a_kill_between_the_two_renames_is_recovered(tmp_path):
+    out = tmp_path / "ckpt"
+    with atomic_directory(out) as tmp:
+        (tmp / "weights").write_text("v1")
+    # State after a kill right after `out` was moved aside, before the new one moved in:
+    os.replace(out, tmp_path / ".ckpt.old-1234")
+    (tmp_path / ".ckpt.tmp-abcd").mkdir()
+    with pytest.raises(RuntimeError):
+        with atomic_directory(out):
+            raise RuntimeError("fails again")
+    assert (out / "weights").read_text() == "v1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 256 KiB tmpfs (needs root, as on CI); skipped where mounting is not allowed."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_real_disk_full_keeps_earlier_outputs(tiny_disk):
+    metrics = tiny_disk / "metrics.json"
+    write_json_atomic(metrics, {"v": 1})
+    with pytest.raises(PipelineError, match="disk is full"):
+        write_json_atomic(metrics, {"blob": "x" * 400_000})
+    assert metrics.read_text() == dumps_json({"v": 1})
+    with pytest.raises(PipelineError, match="disk is full"):
+        with atomic_directory(tiny_disk / "ckpt") as tmp:
+            (tmp / "weights").write_bytes(b"\0" * 400_000)
+    assert sorted(p.name for p in tiny_disk.iterdir()) == ["metrics.json"]

@@ -117,6 +117,7 @@ class PolicyConfig(Section):
     fusion_ff: int = Field(256, ge=8)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     init_log_std: float = Field(math.log(0.25), ge=-10, le=2)
+    value_stop_gradient: bool = True  # critic does not train the shared trunk
     vision: VisionConfig = VisionConfig()
     text: TextConfig = TextConfig()
 
@@ -180,9 +181,9 @@ class PPOConfig(Section):
     decisions_per_iteration: int = Field(256, ge=1)  # across all envs
     epochs: int = Field(4, ge=1)
     minibatch_size: int = Field(64, ge=2)
-    lr: float = Field(1e-4, gt=0.0)  # trunk (vision, text, fusion)
-    head_lr: float = Field(3e-4, gt=0.0)  # action head and log-std
-    value_lr: float = Field(3e-4, gt=0.0)
+    lr: float = Field(1e-5, gt=0.0)  # trunk (vision, text, fusion)
+    head_lr: float = Field(3e-5, gt=0.0)  # action head and log-std
+    value_lr: float = Field(1e-3, gt=0.0)
     gamma: float = Field(0.99, gt=0.0, le=1.0)  # per env step
     gae_lambda: float = Field(0.95, ge=0.0, le=1.0)  # per decision
     clip: float = Field(0.2, gt=0.0, lt=1.0)

@@ -104,6 +104,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     `.<name>.tmp-*` sibling, and whatever was at `path` before stays untouched.
     """
     path = Path(path)
+    remove_stale_temporaries(path.parent, path.name)  # left by a killed run
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
@@ -137,6 +138,14 @@ def remove_stale_temporaries(parent: str | Path, name: str) -> None:
     parent = Path(parent)
     if not parent.is_dir():
         return
+    path = parent / name
+    olds = sorted(parent.glob(f".{name}.old-*"))
+    if olds and not path.exists():
+        # A kill between the two renames of atomic_directory left only the old copy: restore it.
+        os.replace(olds[-1], path)
     for child in parent.glob(f".{name}.*"):
-        if ".tmp-" in child.name or ".old-" in child.name:
-            shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+        if child.name.startswith((f".{name}.tmp-", f".{name}.old-")):
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)

@@ -43,7 +43,7 @@ def build_policy(policy: PolicyConfig, env: EnvConfig, tasks: list[str]) -> VLAP
     config = VLAConfig(
         chunk_len=policy.chunk_len, image_size=env.image_size, d_model=policy.d_model,
         fusion_layers=policy.fusion_layers, fusion_heads=policy.fusion_heads, fusion_ff=policy.fusion_ff,
-        dropout=policy.dropout, init_log_std=policy.init_log_std, vision_config=vision_config,
+        dropout=policy.dropout, init_log_std=policy.init_log_std, value_stop_gradient=policy.value_stop_gradient, vision_config=vision_config,
         text_config=text_config, text_max_length=policy.text.max_length, text_tokens=policy.text.tokens,
         freeze_text=policy.text.freeze, task_names=list(tasks),
         instructions=[instruction_for(t, env.instruction_style) for t in tasks], env_spec=env_spec(env),

@@ -200,6 +200,7 @@ def run_round(policy: VLAPolicy, buffer: SelfBCBuffer, params: Params, round_nam
     curve, successes = [], []
     timing = {"collect_seconds": 0.0, "update_seconds": 0.0}  # printed, never stored in outputs
     started = time.perf_counter()
+    collector = None
     try:
         collector = ChunkCollector(envs, cfg.gamma, cfg.gae_lambda, round_name, trainer.generator)
         for it in tqdm(range(1, cfg.iterations + 1), desc=f"ppo {round_name}", unit="iter", mininterval=1.0):
@@ -221,7 +222,8 @@ def run_round(policy: VLAPolicy, buffer: SelfBCBuffer, params: Params, round_nam
                 "success_rate": stats["successes"] / stats["episodes"] if stats["episodes"] else None,
                 "steps_to_success": float(np.mean([ep.steps_to_success for ep in solved])) if solved else None,
                 "buffer_admitted": admitted, **{f"buffer_{k}": v for k, v in buffer.stats().items()},
-                "bc_target": trainer.weight.target, **update})
+                "bc_target": trainer.weight.target, "action_std": float(policy.action_log_std.exp().mean()),
+                **update})
             timing["collect_seconds"] += t_collect
             timing["update_seconds"] += time.perf_counter() - t1
     finally:

@@ -46,6 +46,7 @@ class VLAConfig(PretrainedConfig):
         text_max_length: int = 48,
         text_tokens: str = "pooled",
         freeze_text: bool = False,
+        value_stop_gradient: bool = True,
         task_names: Optional[list] = None,
         instructions: Optional[list] = None,
         env_spec: Optional[dict] = None,
@@ -66,6 +67,9 @@ class VLAConfig(PretrainedConfig):
         self.text_max_length = text_max_length
         self.text_tokens = text_tokens  # "pooled" (one token) or "all" (one per byte)
         self.freeze_text = freeze_text
+        # The critic reads the fused value token through a stop-gradient: value-loss gradients
+        # through the shared trunk wrecked the SFT actor in our first PPO runs (KL ~ 11).
+        self.value_stop_gradient = value_stop_gradient
         self.task_names = list(task_names or [])
         self.instructions = list(instructions or [])
         # Camera, image size, render flags, MetaWorld/MuJoCo versions the policy was trained with.

@@ -78,7 +78,7 @@ class VLAPolicy(PreTrainedModel):
         self.fusion = nn.TransformerEncoder(layer, config.fusion_layers, enable_nested_tensor=False)
         self.final_norm = nn.LayerNorm(d)
         self.action_head = mlp(d, d, config.chunk_len * config.action_dim)
-        self.value_head = mlp(d, d, 1)
+        self.value_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
         self.action_log_std = nn.Parameter(torch.full((config.chunk_len, config.action_dim), float(config.init_log_std)))
         # Normalisation statistics (set from data by `set_normalization`).
         self.register_buffer("proprio_mean", torch.zeros(config.proprio_dim))
@@ -170,6 +170,8 @@ class VLAPolicy(PreTrainedModel):
         pad[:, vis.shape[1]:vis.shape[1] + txt.shape[1]] = attention_mask == 0
         fused = self.final_norm(self.fusion(tokens, src_key_padding_mask=pad))
         action_token, value_token = fused[:, -2], fused[:, -1]
+        if self.config.value_stop_gradient:
+            value_token = value_token.detach()
         k, a = self.config.chunk_len, self.config.action_dim
         mean = self.action_head(action_token).view(batch, k, a)
         value = self.value_head(value_token).squeeze(-1)
