@@ -193,6 +193,9 @@ class PPOConfig(Section):
     max_grad_norm: float = Field(0.5, gt=0.0)
     target_kl: Optional[float] = Field(0.05, gt=0.0)  # stop the epoch loop early above it
     critic_warmup_iterations: int = Field(1, ge=0)  # value-only updates at the round's start
+    # Per-minibatch advantage normalisation turns the value noise of all-failure batches
+    # (sparse reward) into full-size policy steps; off by default.
+    normalize_advantages: bool = False
     logprob: Literal["chunk", "step"] = "chunk"  # one ratio per chunk, or per executed step
     freeze_backbone: bool = False  # iRe-VLA's RL phase: only heads (and critic) train
     seed: int = Field(0, ge=0)

@@ -160,7 +160,7 @@ class PPOTrainer:
             old_lp = old_step_lp[executed]
             adv = advantages[:, None].expand_as(mask)[executed]
         terms = ppo_loss(new_lp, old_lp, adv, out.value, t(batch.values), t(batch.returns), out.action_log_std,
-                         cfg.clip, cfg.value_clip, cfg.value_coef, cfg.entropy_coef)
+                         cfg.clip, cfg.value_clip, cfg.value_coef, cfg.entropy_coef, cfg.normalize_advantages)
         bc_loss = self.bc_loss(windows) if windows is not None else None
         return terms, bc_loss
 
