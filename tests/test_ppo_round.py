@@ -81,3 +81,17 @@ def test_round_with_missing_predecessor_is_refused():
     with pytest.raises(PipelineError, match="predecessor cycle"):
         parse_params(tiny_raw(rounds={"a": {"policy_in": "b", "buffer_in": "demos"},
                                       "b": {"policy_in": "a", "buffer_in": "demos"}}))
+
+
+def test_diverging_ppo_writes_no_checkpoint(round_dir, tmp_path):
+    _, data, _ = round_dir
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(tiny_raw(ppo={**PPO, "lr": 1.0e12, "head_lr": 1.0e12, "critic_warmup_iterations": 0},
+                                              rounds=ROUNDS)))
+    copy = tmp_path / "data"
+    for sub in ("checkpoints/sft", "buffers/demos"):
+        shutil.copytree(data / sub, copy / sub)
+    result = runner.invoke(app, ["ppo", "--round", "r01", "--data", str(copy), "--params", str(params)])
+    assert result.exit_code == 1, result.output
+    assert "non-finite loss or gradient" in result.output
+    assert not (copy / "checkpoints" / "r01").exists() and not (copy / "rollouts" / "r01").exists()
