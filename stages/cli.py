@@ -88,6 +88,7 @@ def sft_cmd(
     snapshot_shape = tuple(manifest["image_shape"])
     if snapshot_shape != (params.env.image_size, params.env.image_size, 3):
         raise PipelineError(f"{demos}: images are {snapshot_shape}, env.image_size is {params.env.image_size}")
+    torch.manual_seed(params.sft.seed)  # the random init is part of the reproducible result
     policy = build_policy(params.policy, params.env, tasks)
     result = train_sft(policy, table, params)
     with atomic_directory(out) as tmp:

@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import ROOT, TINY_PARAMS_FILE
+from vla_pipeline.config import load_params
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +31,8 @@ def repo(tmp_path_factory):
         if (ROOT / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, dest / name)
-    shutil.copy2(TINY_PARAMS_FILE, dest / "params.yaml")
+    # DVC needs every section a stage declares: write the tiny profile with defaults filled in.
+    (dest / "params.yaml").write_text(yaml.safe_dump(load_params(TINY_PARAMS_FILE).model_dump(), sort_keys=False))
     for stale in ("dvc.lock",) + tuple(str(p.relative_to(ROOT)) for p in (ROOT / "data" / "metrics").glob("*.json")):
         (dest / stale).unlink(missing_ok=True)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -83,9 +86,9 @@ def test_same_params_give_identical_buffers_and_metrics(repo):
 def test_adding_a_round_reruns_only_that_round(repo):
     dest, env = repo
     params = dest / "params.yaml"
-    params.write_text(params.read_text().replace(
-        "  r01: {policy_in: sft, buffer_in: demos}\n",
-        "  r01: {policy_in: sft, buffer_in: demos}\n  r02: {policy_in: r01, buffer_in: r01}\n"))
+    raw = yaml.safe_load(params.read_text())
+    raw["rounds"]["r02"] = {"policy_in": "r01", "buffer_in": "r01"}
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
     out = run([sys.executable, "-m", "dvc", "repro"], dest, env).stdout
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
     assert ran == ["evaluate_round@r02", "ppo@r02", "snapshot@r02"]

@@ -222,7 +222,7 @@ def run_round(policy: VLAPolicy, buffer: SelfBCBuffer, params: Params, round_nam
                 "success_rate": stats["successes"] / stats["episodes"] if stats["episodes"] else None,
                 "steps_to_success": float(np.mean([ep.steps_to_success for ep in solved])) if solved else None,
                 "buffer_admitted": admitted, **{f"buffer_{k}": v for k, v in buffer.stats().items()},
-                "bc_target": trainer.weight.target, "action_std": float(policy.action_log_std.exp().mean()),
+                "bc_target": trainer.weight.target, "action_std": float(policy.action_log_std.detach().exp().mean()),
                 **update})
             timing["collect_seconds"] += t_collect
             timing["update_seconds"] += time.perf_counter() - t1
