@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, TINY_PARAMS_FILE
+from vla_pipeline.checkpoint import load_policy
 from vla_pipeline.config import load_params
 
 pytestmark = pytest.mark.slow
@@ -92,3 +93,27 @@ def test_adding_a_round_reruns_only_that_round(repo):
     out = run([sys.executable, "-m", "dvc", "repro"], dest, env).stdout
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
     assert ran == ["evaluate_round@r02", "ppo@r02", "snapshot@r02"]
+
+
+def test_repro_killed_mid_stage_recovers_on_the_next_repro(repo):
+    """SIGKILL the whole `dvc repro` process group while sft writes its checkpoint."""
+    import signal
+    import time
+
+    dest, env = repo
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--force", "--single-item", "sft"], cwd=dest,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    checkpoints = dest / "data" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not any(
+            any(p.iterdir()) for p in checkpoints.glob(".sft.tmp-*") if p.is_dir()):
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    # Never a half-written checkpoint: absent (DVC removed it before the run) or complete.
+    if (checkpoints / "sft").exists():
+        load_policy(checkpoints / "sft")
+    run([sys.executable, "-m", "dvc", "repro"], dest, env)
+    load_policy(checkpoints / "sft")
+    assert not list(checkpoints.glob(".sft.*"))  # the killed run's temporaries are gone
+    assert "Running stage" not in run([sys.executable, "-m", "dvc", "repro"], dest, env).stdout

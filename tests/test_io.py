@@ -76,3 +76,17 @@ def test_real_disk_full_keeps_earlier_outputs(tiny_disk):
         with atomic_directory(tiny_disk / "ckpt") as tmp:
             (tmp / "weights").write_bytes(b"\0" * 400_000)
     assert sorted(p.name for p in tiny_disk.iterdir()) == ["metrics.json"]
+
+
+def test_read_only_disk_gives_a_clear_error(tiny_disk):
+    import subprocess
+
+    metrics = tiny_disk / "metrics.json"
+    write_json_atomic(metrics, {"v": 1})
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], check=True)
+    with pytest.raises(PipelineError, match="read-only"):
+        write_json_atomic(metrics, {"v": 2})
+    with pytest.raises(PipelineError, match="read-only"):
+        with atomic_directory(tiny_disk / "ckpt"):
+            pass
+    assert metrics.read_text() == dumps_json({"v": 1})
