@@ -24,7 +24,6 @@ WEIGHTS_FILE = "model.safetensors"
 
 
 def software_versions() -> dict:
-    import metaworld  # noqa: F401
     import mujoco
     from importlib.metadata import version
 

@@ -15,6 +15,7 @@ from vla_pipeline.data.snapshot import EncodedEpisode, write_snapshot
 from vla_pipeline.envs.experts import run_expert_episode
 from vla_pipeline.envs.sim import TaskSim
 from vla_pipeline.envs.tasks import EpisodeSpec, instruction_for, resolve_tasks, train_variations
+from vla_pipeline.errors import PipelineError
 
 EXPERT_SOURCE = "expert"
 
@@ -79,8 +80,6 @@ def collect_demos(params: Params, out_dir: Path) -> dict:
         expert_stats[task] = {"episodes": len(episodes), "success_rate": len(solved) / len(episodes),
                               "kept": len(kept[task])}
         if not kept[task]:
-            from vla_pipeline.errors import PipelineError
-
             raise PipelineError(f"collect_demos: the expert solved no episode of {task}; nothing to keep")
     from vla_pipeline.checkpoint import software_versions
     from vla_pipeline.policies.factory import env_spec

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -214,7 +214,3 @@ def write_video(path, frames: Sequence[np.ndarray], scale: int, fps: int = 20) -
 
     big = [np.kron(f, np.ones((scale, scale, 1), np.uint8)) for f in frames]
     iio.imwrite(path, np.stack(big), fps=fps, codec="libx264", macro_block_size=1)
-
-
-def results_as_records(results: Sequence[EpisodeResult]) -> list[dict]:
-    return [asdict(r) for r in results]

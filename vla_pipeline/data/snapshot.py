@@ -21,7 +21,7 @@ from PIL import Image
 
 from vla_pipeline import constants as C
 from vla_pipeline.data.schema import (
-    META_IMAGE_SHAPE, META_SCHEMA, META_VERSION, SCHEMA_NAME, SCHEMA_VERSION, buffer_schema,
+    META_SCHEMA, META_VERSION, SCHEMA_NAME, SCHEMA_VERSION, buffer_schema,
 )
 from vla_pipeline.envs.experts import Episode
 from vla_pipeline.errors import PipelineError
@@ -151,13 +151,13 @@ def write_snapshot(out_dir: Path, episodes_by_task: dict[str, Sequence[EncodedEp
         "schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "image_shape": list(image_shape),
         "provenance": provenance, "shards": {}, "tasks": {},
     }
+    previous = read_manifest(reuse_from) if reuse_from is not None else None
     for task in sorted(episodes_by_task):
         name = f"{task}.parquet"
         episodes = episodes_by_task[task]
         if episodes is None:
-            if reuse_from is None:
+            if previous is None:
                 raise ValueError("reuse requested without a previous snapshot")
-            previous = read_manifest(reuse_from)
             (out_dir / name).write_bytes((reuse_from / name).read_bytes())
             manifest["shards"][name] = previous["shards"][name]
             manifest["tasks"][task] = previous["tasks"][task]

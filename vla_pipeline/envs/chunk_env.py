@@ -139,10 +139,10 @@ class ChunkEnv(gym.Env):
             self._sims[task] = TaskSim(task, self.cfg)
         return self._sims[task]
 
-    def _observe(self) -> dict:
+    def _observe(self, record: bool = True) -> dict:
         image = self._sim.render()
         self.renders += 1
-        if self.record_frames:
+        if record and self.record_frames:
             self._frames.append(image)
         return {
             OBS_IMAGE: image,
@@ -190,10 +190,8 @@ class ChunkEnv(gym.Env):
         actions = np.asarray(action, dtype=np.float64).reshape(-1, ACTION_DIM)
         result = execute_chunk(self._sim, actions, self.gamma, on_step)
         self.env_steps += result.steps
-        if self.record_frames:
-            obs = self._observe_without_recording()
-        else:
-            obs = self._observe()
+        # With recording on, the chunk's last step already stored this frame.
+        obs = self._observe(record=False)
         info.update(steps=result.steps, success=result.success, episode_step=self._sim.t,
                     success_step=self._sim.success_step,
                     chunk_proprio=_pad(result.proprios, self.chunk_len, PROPRIO_DIM),
@@ -201,13 +199,6 @@ class ChunkEnv(gym.Env):
                     chunk_rewards=_pad(result.rewards, self.chunk_len),
                     chunk_successes=_pad(result.successes, self.chunk_len))
         return obs, result.reward, result.terminated, result.truncated, info
-
-    def _observe_without_recording(self) -> dict:
-        self.record_frames = False
-        try:
-            return self._observe()
-        finally:
-            self.record_frames = True
 
     def recorded_frames(self) -> list[np.ndarray]:
         return list(self._frames)

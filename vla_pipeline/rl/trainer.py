@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vla_pipeline import constants as C
 from vla_pipeline.config import Params
 from vla_pipeline.data.snapshot import EncodedEpisode
 from vla_pipeline.data.windows import ChunkWindows
