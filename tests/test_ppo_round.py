@@ -95,3 +95,25 @@ def test_diverging_ppo_writes_no_checkpoint(round_dir, tmp_path):
     assert result.exit_code == 1, result.output
     assert "non-finite loss or gradient" in result.output
     assert not (copy / "checkpoints" / "r01").exists() and not (copy / "rollouts" / "r01").exists()
+
+
+def test_failure_curriculum_and_short_training_horizon(round_dir, tmp_path):
+    """A round with tasks drawn by failure rate and a 2-chunk training horizon (sync envs)."""
+    _, data, _ = round_dir
+    params = tmp_path / "params.yaml"
+    ppo = {**PPO, "iterations": 3, "task_sampling": "failures", "task_floor": 0.5, "max_episode_steps": 8}
+    raw = tiny_raw(ppo=ppo, rounds=ROUNDS)
+    raw["env"]["vector"] = "sync"
+    params.write_text(yaml.safe_dump(raw))
+    copy = tmp_path / "data"
+    for sub in ("checkpoints/sft", "buffers/demos"):
+        shutil.copytree(data / sub, copy / sub)
+    result = runner.invoke(app, ["ppo", "--round", "r01", "--data", str(copy), "--params", str(params),
+                                 "--curve", str(tmp_path / "curve.json")])
+    assert result.exit_code == 0, result.output
+    curve = json.loads((tmp_path / "curve.json").read_text())
+    # 16 decisions per iteration over 2 envs, every episode cut after 2 chunks (8 steps).
+    assert all(row["episodes"] >= 7 and row["env_steps"] <= 16 * 4 for row in curve)
+    assert sum(row["episodes"] for row in curve) >= 3 * 7
+    assert sum(curve[-1]["task_weights"].values()) == pytest.approx(1.0)
+    assert min(curve[-1]["task_weights"].values()) > 0

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from tests.test_data import fake_episode
+from vla_pipeline.envs.chunk_env import EpisodeQueue
 from vla_pipeline.rl.buffer import SelfBCBuffer
+from vla_pipeline.rl.curriculum import TaskCurriculum
 from vla_pipeline.rl.ppo import chunk_log_prob, ppo_loss
 from vla_pipeline.rl.storage import chunk_gae
 from vla_pipeline.rl.weighting import BCWeight
@@ -113,3 +115,37 @@ def test_dual_weight_stays_in_bounds():
     w.set_target(1.0, 0.0)
     assert w.update(1e6) == 2.0
     assert [w.update(0.0) for _ in range(50)][-1] == pytest.approx(0.01)
+
+
+def test_curriculum_weights_follow_recent_failure_rates():
+    curriculum = TaskCurriculum(["a", "b", "c"], "failures", floor=0.1, window=4)
+    assert curriculum.weights() == pytest.approx([1 / 3] * 3)  # Beta(1, 1) prior: 0.5 each
+    for success in (True, True, True, True):
+        curriculum.record("a", success)  # 5/6 success -> failure 1/6
+    for success in (False, False, False, True):
+        curriculum.record("b", success)  # 2/6 -> failure 4/6
+    for _ in range(10):
+        curriculum.record("c", True)  # window 4: 5/6 -> 1/6
+    raw = np.array([1 / 6, 4 / 6, 1 / 6])
+    assert curriculum.weights() == pytest.approx((raw / raw.sum()).tolist())
+    for _ in range(4):
+        curriculum.record("b", False)  # only the last 4 count: 1/6 success
+    assert curriculum.success_estimate("b") == pytest.approx(1 / 6)
+
+
+def test_curriculum_floor_keeps_solved_tasks_and_uniform_defers_to_round_robin():
+    curriculum = TaskCurriculum(["a", "b"], "failures", floor=0.2, window=100)
+    for _ in range(100):
+        curriculum.record("a", True)
+        curriculum.record("b", False)
+    w = curriculum.weights()
+    assert w[0] == pytest.approx(0.2 / (0.2 + 101 / 102))
+    assert TaskCurriculum(["a"], "uniform", 0.1, 5).weights() is None
+
+
+def test_weighted_episode_queue_draws_tasks_by_weight():
+    queue = EpisodeQueue(cycle_seed=0, tasks=["a", "b"], variations=[0, 1], task_weights=[0.0, 1.0])
+    rng = np.random.default_rng(0)
+    assert {queue.next(rng).task for _ in range(20)} == {"b"}
+    queue.task_weights = None  # back to round-robin
+    assert [queue.next(rng).task for _ in range(2)] == ["a", "b"]

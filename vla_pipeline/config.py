@@ -197,6 +197,14 @@ class PPOConfig(Section):
     # (sparse reward) into full-size policy steps; off by default.
     normalize_advantages: bool = False
     logprob: Literal["chunk", "step"] = "chunk"  # one ratio per chunk, or per executed step
+    # Training episodes: `uniform` round-robin over tasks, or `failures`: tasks drawn in
+    # proportion to their recent failure rate (last `task_window` episodes, at least `task_floor`).
+    task_sampling: Literal["uniform", "failures"] = "uniform"
+    task_floor: float = Field(0.1, gt=0.0, le=1.0)
+    task_window: int = Field(20, ge=1)
+    # Training horizon (None: env.max_episode_steps). Shorter = more episodes per iteration;
+    # evaluation always uses env.max_episode_steps.
+    max_episode_steps: Optional[int] = Field(None, ge=1, le=500)
     freeze_backbone: bool = False  # iRe-VLA's RL phase: only heads (and critic) train
     seed: int = Field(0, ge=0)
     device: str = "cpu"

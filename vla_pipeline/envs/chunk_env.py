@@ -80,6 +80,8 @@ class EpisodeQueue:
     tasks: Sequence[str] = ()
     variations: Sequence[int] = ()
     offset: int = 0  # where this env starts in the round-robin over tasks
+    # Set: draw each task with these probabilities instead of round-robin (a curriculum).
+    task_weights: Optional[Sequence[float]] = None
     _cursor: int = field(default=0, repr=False)
 
     def next(self, rng: np.random.Generator | None = None) -> Optional[EpisodeSpec]:
@@ -90,7 +92,10 @@ class EpisodeQueue:
             self._cursor += 1
             return spec
         assert rng is not None
-        task = self.tasks[(self._cursor + self.offset) % len(self.tasks)]  # round-robin: balanced tasks
+        if self.task_weights is None:
+            task = self.tasks[(self._cursor + self.offset) % len(self.tasks)]  # round-robin: balanced tasks
+        else:
+            task = self.tasks[int(rng.choice(len(self.tasks), p=np.asarray(self.task_weights)))]
         self._cursor += 1
         variation = int(rng.choice(np.asarray(self.variations)))
         return EpisodeSpec(task, variation, int(rng.integers(2**31)), "train")
@@ -202,6 +207,10 @@ class ChunkEnv(gym.Env):
 
     def recorded_frames(self) -> list[np.ndarray]:
         return list(self._frames)
+
+    def set_task_weights(self, weights: Optional[Sequence[float]]) -> None:
+        """Task probabilities for the episodes that start from now on (None: round-robin)."""
+        self.queue.task_weights = None if weights is None else [float(w) for w in weights]
 
     def counters(self) -> dict:
         return {"renders": self.renders, "env_steps": self.env_steps}

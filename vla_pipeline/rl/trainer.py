@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vla_pipeline.config import Params
+from vla_pipeline.config import EnvConfig, Params
 from vla_pipeline.data.snapshot import EncodedEpisode
 from vla_pipeline.data.windows import ChunkWindows
 from vla_pipeline.envs.chunk_env import EpisodeQueue
@@ -23,6 +23,7 @@ from vla_pipeline.envs.vector import make_chunk_vector_env
 from vla_pipeline.errors import PipelineError
 from vla_pipeline.policies.vla import VLAPolicy
 from vla_pipeline.rl.buffer import SelfBCBuffer
+from vla_pipeline.rl.curriculum import TaskCurriculum
 from vla_pipeline.rl.ppo import chunk_log_prob, explained_variance, ppo_loss, step_log_probs
 from vla_pipeline.rl.rollout import ChunkCollector
 from vla_pipeline.rl.storage import RolloutBatch
@@ -184,6 +185,12 @@ def training_queues(params: Params, n_envs: int) -> list[EpisodeQueue]:
                          offset=(i * len(tasks)) // n_envs) for i in range(n_envs)]
 
 
+def training_env_config(params: Params) -> EnvConfig:
+    """The env for training episodes: `ppo.max_episode_steps` may shorten the horizon."""
+    horizon = params.ppo.max_episode_steps
+    return params.env if horizon is None else params.env.model_copy(update={"max_episode_steps": horizon})
+
+
 def run_round(policy: VLAPolicy, buffer: SelfBCBuffer, params: Params, round_name: str) -> RoundResult:
     cfg = params.ppo
     torch.manual_seed(cfg.seed)
@@ -194,8 +201,9 @@ def run_round(policy: VLAPolicy, buffer: SelfBCBuffer, params: Params, round_nam
         trainer.weight.set_target(start_bc, params.bc.target_slack)
     n_envs = params.env.num_envs
     lockstep = -(-cfg.decisions_per_iteration // n_envs)
-    envs = make_chunk_vector_env(params.env, policy.config.chunk_len, cfg.gamma, training_queues(params, n_envs),
-                                 params.env.vector)
+    envs = make_chunk_vector_env(training_env_config(params), policy.config.chunk_len, cfg.gamma,
+                                 training_queues(params, n_envs), params.env.vector)
+    curriculum = TaskCurriculum(resolve_tasks(params.env), cfg.task_sampling, cfg.task_floor, cfg.task_window)
     curve, successes = [], []
     timing = {"collect_seconds": 0.0, "update_seconds": 0.0}  # printed, never stored in outputs
     started = time.perf_counter()
@@ -209,6 +217,7 @@ def run_round(policy: VLAPolicy, buffer: SelfBCBuffer, params: Params, round_nam
             t_collect = time.perf_counter() - t0
             admitted = 0
             for ep in finished:
+                curriculum.record(ep.task, ep.steps_to_success > 0)
                 if ep.steps_to_success > 0:
                     successes.append(ep)
                     admitted += buffer.offer(ep)
@@ -223,6 +232,10 @@ def run_round(policy: VLAPolicy, buffer: SelfBCBuffer, params: Params, round_nam
                 "buffer_admitted": admitted, **{f"buffer_{k}": v for k, v in buffer.stats().items()},
                 "bc_target": trainer.weight.target, "action_std": float(policy.action_log_std.detach().exp().mean()),
                 **update})
+            weights = curriculum.weights()
+            if weights is not None:  # for the episodes that start from now on
+                envs.call("set_task_weights", weights)
+                curve[-1]["task_weights"] = dict(zip(curriculum.tasks, weights))
             timing["collect_seconds"] += t_collect
             timing["update_seconds"] += time.perf_counter() - t1
     finally:
