@@ -106,6 +106,7 @@ def evaluate_cmd(
     metrics: Path = typer.Option(..., help="Metrics JSON to write."),
     table: Path = typer.Option(..., help="Per-task records for dvc plots (JSON)."),
     videos: Path = typer.Option(..., help="Directory for rollout videos."),
+    episodes: Path = typer.Option(None, help="Per-episode results (JSON) for `compare`."),
     params_file: Path = PARAMS,
 ):
     """Evaluate a checkpoint on the fixed episode list."""
@@ -114,7 +115,8 @@ def evaluate_cmd(
     from vla_pipeline.checkpoint import load_policy
     from vla_pipeline.config import load_params
     from vla_pipeline.envs.tasks import resolve_tasks
-    from vla_pipeline.evaluation import build_metrics, evaluate_policy, record_videos, task_table, write_video
+    from vla_pipeline.evaluation import (build_metrics, episode_records, evaluate_policy, record_videos, task_table,
+                                         write_video)
     from vla_pipeline.io import atomic_directory, write_json_atomic
 
     params = load_params(params_file)
@@ -129,6 +131,8 @@ def evaluate_cmd(
             stem = f"{spec.task}-var{spec.variation:02d}-{'success' if success else 'fail'}"
             write_video(tmp / f"{stem}.mp4", frames, params.evaluate.video_scale)
     write_json_atomic(table, task_table(metrics_obj, name))
+    if episodes is not None:
+        write_json_atomic(episodes, episode_records(results))
     write_json_atomic(metrics, metrics_obj)
     _echo_json({"name": name, **{k: metrics_obj[k] for k in ("all", "heldout", "train") if k in metrics_obj},
                 "counters": counters})
@@ -139,12 +143,13 @@ def evaluate_cmd(
 def evaluate_expert_cmd(
     metrics: Path = typer.Option(Path("data/metrics/eval-expert.json"), help="Metrics JSON to write."),
     table: Path = typer.Option(Path("data/metrics/eval-expert-tasks.json"), help="Per-task records."),
+    episodes: Path = typer.Option(None, help="Per-episode results (JSON) for `compare`."),
     params_file: Path = PARAMS,
 ):
     """The scripted expert on the same fixed episode list: the ceiling row."""
     from vla_pipeline.config import load_params
     from vla_pipeline.envs.tasks import resolve_tasks
-    from vla_pipeline.evaluation import build_metrics, evaluate_expert, task_table
+    from vla_pipeline.evaluation import build_metrics, episode_records, evaluate_expert, task_table
     from vla_pipeline.io import write_json_atomic
 
     params = load_params(params_file)
@@ -152,8 +157,43 @@ def evaluate_expert_cmd(
     metrics_obj = build_metrics(results, resolve_tasks(params.env), params.env.max_episode_steps,
                                 _header("expert", params))
     write_json_atomic(table, task_table(metrics_obj, "expert"))
+    if episodes is not None:
+        write_json_atomic(episodes, episode_records(results))
     write_json_atomic(metrics, metrics_obj)
     _echo_json({"all": metrics_obj["all"], "counters": counters})
+
+
+@app.command("compare")
+@user_errors
+def compare_cmd(
+    base: Path = typer.Option(..., help="Per-episode results of the baseline (from evaluate --episodes)."),
+    new: Path = typer.Option(..., help="Per-episode results of the policy to compare."),
+    out: Path = typer.Option(None, help="Write the comparison here (JSON metrics)."),
+):
+    """Paired comparison on the same episodes: who solved what, exact McNemar p, steps on common successes."""
+    from vla_pipeline.evaluation import paired_comparison
+    from vla_pipeline.io import write_json_atomic
+
+    try:
+        result = paired_comparison(_read_episode_records(base), _read_episode_records(new))
+    except ValueError as err:
+        raise PipelineError(f"{base} vs {new}: {err}") from None
+    if out is not None:
+        write_json_atomic(out, result)
+    _echo_json(result["all"])
+
+
+def _read_episode_records(path: Path) -> list[dict]:
+    keys = {"task", "variation", "split", "seed", "success", "steps_to_success"}
+    try:
+        records = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: no such file (run `evaluate --episodes {path}` first)") from None
+    except (OSError, ValueError) as err:
+        raise PipelineError(f"{path}: not readable JSON ({err})") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) and keys <= r.keys() for r in records):
+        raise PipelineError(f"{path}: not per-episode results (expected a list of records with {sorted(keys)})")
+    return records
 
 
 @app.command("ppo")

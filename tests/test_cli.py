@@ -21,7 +21,7 @@ def write_params(tmp_path, **overrides):
 def test_help_lists_every_stage():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for name in ("collect-demos", "sft", "evaluate", "evaluate-expert", "check-params"):
+    for name in ("collect-demos", "sft", "evaluate", "evaluate-expert", "compare", "check-params"):
         assert name in result.output
 
 
@@ -107,10 +107,33 @@ def test_evaluate_refuses_a_truncated_checkpoint_and_keeps_old_metrics(tmp_path,
 def test_evaluate_expert(tmp_path):
     params = write_params(tmp_path)
     result = runner.invoke(app, ["evaluate-expert", "--params", str(params), "--metrics", str(tmp_path / "e.json"),
-                                 "--table", str(tmp_path / "t.json")])
+                                 "--table", str(tmp_path / "t.json"), "--episodes", str(tmp_path / "ep.json")])
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "e.json").read_text())
     assert metrics["policy"] == "expert" and metrics["all"]["success"] > 0.5
+    episodes = json.loads((tmp_path / "ep.json").read_text())
+    assert len(episodes) == metrics["all"]["episodes"] == 6
+    # The expert against itself: every pair concordant, p = 1.
+    result = runner.invoke(app, ["compare", "--base", str(tmp_path / "ep.json"), "--new", str(tmp_path / "ep.json"),
+                                 "--out", str(tmp_path / "paired.json")])
+    assert result.exit_code == 0, result.output
+    paired = json.loads((tmp_path / "paired.json").read_text())
+    assert paired["all"]["only_base"] == paired["all"]["only_new"] == 0 and paired["all"]["mcnemar_p"] == 1.0
+    assert paired["all"]["steps_diff_both_solved"] == 0.0
+
+
+def test_compare_refuses_other_episode_lists_and_foreign_json(tmp_path):
+    record = {"task": "reach-v3", "variation": 40, "split": "heldout", "seed": 1, "success": True,
+              "steps_to_success": 30, "length": 30}
+    (tmp_path / "a.json").write_text(json.dumps([record]))
+    (tmp_path / "b.json").write_text(json.dumps([{**record, "variation": 41}]))
+    (tmp_path / "c.json").write_text(json.dumps({"all": {}}))
+    result = runner.invoke(app, ["compare", "--base", str(tmp_path / "a.json"), "--new", str(tmp_path / "b.json")])
+    assert result.exit_code == 1 and "different episode lists" in result.output
+    result = runner.invoke(app, ["compare", "--base", str(tmp_path / "a.json"), "--new", str(tmp_path / "c.json")])
+    assert result.exit_code == 1 and "not per-episode results" in result.output
+    result = runner.invoke(app, ["compare", "--base", str(tmp_path / "a.json"), "--new", str(tmp_path / "nope.json")])
+    assert result.exit_code == 1 and "no such file" in result.output
 
 
 def test_diverging_sft_stops_with_a_clear_error_and_no_checkpoint(tmp_path, tiny_demos):

@@ -49,7 +49,7 @@ def test_repro_runs_everything_then_nothing_then_one_stage(repo):
     dest, env = repo
     first = run([sys.executable, "-m", "dvc", "repro"], dest, env)
     for stage in ("collect_demos", "sft", "evaluate_expert", "evaluate@sft", "ppo@r01", "snapshot@r01",
-                  "evaluate_round@r01"):
+                  "evaluate_round@r01", "compare_round@r01"):
         assert f"Running stage '{stage}'" in first.stdout
     assert (dest / "data/checkpoints/sft/model.safetensors").is_file()
     assert (dest / "data/metrics/eval-sft.json").is_file() and list((dest / "data/videos/sft").glob("*.mp4"))
@@ -74,7 +74,8 @@ def test_same_params_give_identical_buffers_and_metrics(repo):
     """Reproducibility: a forced rerun rewrites byte-identical demos and identical metrics."""
     dest, env = repo
     buffers = [dest / "data/buffers/demos", dest / "data/buffers/r01"]
-    metrics = [dest / f"data/metrics/{name}.json" for name in ("eval-sft", "eval-r01", "train-r01", "demos")]
+    metrics = [dest / f"data/metrics/{name}.json" for name in ("eval-sft", "eval-r01", "train-r01", "demos",
+                                                                   "episodes-r01", "paired-r01")]
     snapshot = lambda: ({(d.name, p.name): p.read_bytes() for d in buffers for p in d.iterdir()},  # noqa: E731
                         [m.read_text() for m in metrics])
     before = snapshot()
@@ -92,7 +93,7 @@ def test_adding_a_round_reruns_only_that_round(repo):
     params.write_text(yaml.safe_dump(raw, sort_keys=False))
     out = run([sys.executable, "-m", "dvc", "repro"], dest, env).stdout
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
-    assert ran == ["evaluate_round@r02", "ppo@r02", "snapshot@r02"]
+    assert ran == ["compare_round@r02", "evaluate_round@r02", "ppo@r02", "snapshot@r02"]
 
 
 def test_repro_killed_mid_stage_recovers_on_the_next_repro(repo):

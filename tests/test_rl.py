@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from tests.test_data import fake_episode
+from vla_pipeline.data.snapshot import decode_episodes
 from vla_pipeline.envs.chunk_env import EpisodeQueue
 from vla_pipeline.rl.buffer import SelfBCBuffer
 from vla_pipeline.rl.curriculum import TaskCurriculum
@@ -95,6 +96,20 @@ def test_buffer_keyed_by_task_keeps_the_b_shortest():
     for length, seed in ((10, 1), (8, 2), (12, 3), (5, 4), (9, 5)):
         buf.offer(fake_episode("a-v3", length, seed))
     assert sorted(ep.length for ep in buf.episodes()) == [5, 8]
+
+
+def test_buffer_step_table_reuses_decoded_frames_and_matches_a_fresh_decode():
+    buf = SelfBCBuffer("task_variation", capacity=1)
+    buf.offer(fake_episode("a-v3", 6, seed=1))
+    buf.offer(fake_episode("b-v3", 4, seed=2))
+    buf.step_table((8, 8, 3))
+    buf.offer(fake_episode("a-v3", 3, seed=51))  # evicts the 6-step episode of variation 1
+    buf.offer(fake_episode("a-v3", 5, seed=3))
+    cached = buf.step_table((8, 8, 3))
+    fresh = decode_episodes(buf.episodes(), (8, 8, 3))
+    assert len(buf._decoded) == 3  # the evicted episode's frames were dropped
+    for name in ("images", "episode", "step", "action", "proprio", "has_frame"):
+        assert np.array_equal(getattr(cached, name), getattr(fresh, name)), name
 
 
 def test_dual_weight_rises_when_bc_loss_exceeds_target_and_falls_below():

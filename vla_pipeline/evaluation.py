@@ -214,3 +214,53 @@ def write_video(path, frames: Sequence[np.ndarray], scale: int, fps: int = 20) -
 
     big = [np.kron(f, np.ones((scale, scale, 1), np.uint8)) for f in frames]
     iio.imwrite(path, np.stack(big), fps=fps, codec="libx264", macro_block_size=1)
+
+
+# ---------------------------------------------------------------- paired comparison
+EPISODE_KEY = ("task", "variation", "split", "seed")
+
+
+def episode_records(results: Sequence[EpisodeResult]) -> list[dict]:
+    """One record per evaluated episode, in protocol order (for paired comparisons)."""
+    return [{"task": r.task, "variation": r.variation, "split": r.split, "seed": r.seed,
+             "success": bool(r.success), "steps_to_success": r.steps_to_success, "length": r.length}
+            for r in results]
+
+
+def mcnemar_exact_p(only_base: int, only_new: int) -> float:
+    """Two-sided exact McNemar test: discordant pairs under H0 are Binomial(n, 1/2)."""
+    n = only_base + only_new
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(only_base, only_new) + 1)) / 2.0 ** n
+    return min(1.0, 2.0 * tail)
+
+
+def _paired_counts(pairs: Sequence[tuple[dict, dict]]) -> dict:
+    both = [(a, b) for a, b in pairs if a["success"] and b["success"]]
+    only_base = sum(a["success"] and not b["success"] for a, b in pairs)
+    only_new = sum(b["success"] and not a["success"] for a, b in pairs)
+    return {
+        "episodes": len(pairs), "both_solved": len(both), "only_base": only_base, "only_new": only_new,
+        "neither": len(pairs) - len(both) - only_base - only_new,
+        "success_diff": (only_new - only_base) / len(pairs) if pairs else None,
+        "mcnemar_p": mcnemar_exact_p(only_base, only_new),
+        # Steps on the episodes both solved: the same starts, so a fair speed comparison.
+        "steps_diff_both_solved": float(np.mean([b["steps_to_success"] - a["steps_to_success"] for a, b in both]))
+        if both else None,
+    }
+
+
+def paired_comparison(base: Sequence[dict], new: Sequence[dict]) -> dict:
+    """Compare two evaluations episode by episode; both must come from the same episode list."""
+    key = lambda r: tuple(r[k] for k in EPISODE_KEY)  # noqa: E731
+    base_by_key = {key(r): r for r in base}
+    new_by_key = {key(r): r for r in new}
+    if base_by_key.keys() != new_by_key.keys():
+        missing = sorted(base_by_key.keys() ^ new_by_key.keys())[:3]
+        raise ValueError(f"the two evaluations ran different episode lists (e.g. {missing}); "
+                         "compare only results of the same evaluate/env params")
+    pairs = [(base_by_key[k], new_by_key[k]) for k in base_by_key]
+    tasks = sorted({k[0] for k in base_by_key})
+    return {"all": _paired_counts(pairs),
+            "tasks": {t: _paired_counts([p for p in pairs if p[0]["task"] == t]) for t in tasks}}

@@ -355,12 +355,19 @@ def load_episodes(snapshot_dir: str | Path) -> tuple[dict[str, list[EncodedEpiso
     return by_task, manifest
 
 
-def decode_episodes(episodes: Sequence[EncodedEpisode], image_shape: tuple[int, int, int]) -> StepTable:
-    """Episodes -> a StepTable for training (frames decoded; steps without a frame are zeros)."""
+def decode_frames(episode: EncodedEpisode, image_shape: tuple[int, int, int]) -> np.ndarray:
+    """One episode's frames as (length, H, W, 3) uint8; steps without a frame are zeros."""
     blank = np.zeros(image_shape, np.uint8)
-    cols: dict[str, list] = {k: [] for k in ("episode", "step", "task", "variation", "instruction", "images",
+    return np.stack([decode_png(b) if b else blank for b in episode.images]).astype(np.uint8)
+
+
+def decode_episodes(episodes: Sequence[EncodedEpisode], image_shape: tuple[int, int, int],
+                    frames: Sequence[np.ndarray] | None = None) -> StepTable:
+    """Episodes -> a StepTable for training. `frames`: already decoded `decode_frames` per episode."""
+    cols: dict[str, list] = {k: [] for k in ("episode", "step", "task", "variation", "instruction",
                                              "proprio", "action", "reward", "success", "terminated", "truncated",
                                              "source", "episode_length", "steps_to_success", "has_frame")}
+    images = []
     for i, ep in enumerate(episodes):
         n = ep.length
         cols["episode"] += [i] * n
@@ -368,7 +375,7 @@ def decode_episodes(episodes: Sequence[EncodedEpisode], image_shape: tuple[int, 
         cols["task"] += [ep.task] * n
         cols["variation"] += [ep.variation] * n
         cols["instruction"] += [ep.instruction] * n
-        cols["images"] += [decode_png(b) if b else blank for b in ep.images]
+        images.append(decode_frames(ep, image_shape) if frames is None else frames[i])
         cols["has_frame"] += [bool(b) for b in ep.images]
         cols["proprio"] += list(ep.proprios)
         cols["action"] += list(ep.actions)
@@ -383,7 +390,7 @@ def decode_episodes(episodes: Sequence[EncodedEpisode], image_shape: tuple[int, 
     arrays = {k: np.asarray(v) for k, v in cols.items()}
     if not len(arrays["step"]):
         raise ValueError("no episodes to decode")
-    arrays["images"] = arrays["images"].astype(np.uint8).reshape(-1, *image_shape)
+    arrays["images"] = np.concatenate(images).reshape(-1, *image_shape)
     arrays["proprio"] = arrays["proprio"].astype(np.float32).reshape(-1, C.PROPRIO_DIM)
     arrays["action"] = arrays["action"].astype(np.float32).reshape(-1, C.ACTION_DIM)
     arrays["task"] = arrays["task"].astype(object)
