@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -222,9 +222,7 @@ EPISODE_KEY = ("task", "variation", "split", "seed")
 
 def episode_records(results: Sequence[EpisodeResult]) -> list[dict]:
     """One record per evaluated episode, in protocol order (for paired comparisons)."""
-    return [{"task": r.task, "variation": r.variation, "split": r.split, "seed": r.seed,
-             "success": bool(r.success), "steps_to_success": r.steps_to_success, "length": r.length}
-            for r in results]
+    return [asdict(r) for r in results]
 
 
 def mcnemar_exact_p(only_base: int, only_new: int) -> float:
