@@ -76,7 +76,7 @@ def sft_cmd(
     from vla_pipeline.envs.tasks import resolve_tasks
     from vla_pipeline.io import atomic_directory, write_json_atomic
     from vla_pipeline.policies.factory import build_policy
-    from vla_pipeline.sft import train_sft
+    from vla_pipeline.sft import train_sft, validation_rollouts
 
     params = load_params(params_file)
     torch.set_num_threads(params.sft.num_threads)
@@ -85,17 +85,17 @@ def sft_cmd(
     missing = sorted(set(tasks) - set(table.task))
     if missing:
         raise PipelineError(f"{demos} has no demos for tasks {missing}")
-    snapshot_shape = tuple(manifest["image_shape"])
-    if snapshot_shape != (params.env.image_size, params.env.image_size, 3):
-        raise PipelineError(f"{demos}: images are {snapshot_shape}, env.image_size is {params.env.image_size}")
+    _check_snapshot_fits_env(demos, manifest, params)
     torch.manual_seed(params.sft.seed)  # the random init is part of the reproducible result
     policy = build_policy(params.policy, params.env, tasks)
-    result = train_sft(policy, table, params)
+    result = train_sft(policy, table, params, validation_rollouts(params) if params.sft.validate_every else None)
     with atomic_directory(out) as tmp:
-        save_policy(policy, tmp, {"stage": "sft", "steps": params.sft.steps, "final_loss": result.final_loss,
+        save_policy(policy, tmp, {"stage": "sft", "steps": params.sft.steps, "best_step": result.best_step,
+                                  "final_loss": result.final_loss, "validation": result.validation,
                                   "skipped_batches": result.skipped_batches, "demos": manifest["tasks"]})
     write_json_atomic(curve, result.curve)
-    _echo_json({"final_loss": result.final_loss, "skipped_batches": result.skipped_batches})
+    _echo_json({"final_loss": result.final_loss, "best_step": result.best_step, "validation": result.validation,
+                "skipped_batches": result.skipped_batches})
 
 
 @app.command("evaluate")
@@ -114,7 +114,7 @@ def evaluate_cmd(
 
     from vla_pipeline.checkpoint import load_policy
     from vla_pipeline.config import load_params
-    from vla_pipeline.envs.tasks import resolve_tasks
+    from vla_pipeline.envs.tasks import SPLITS, resolve_tasks
     from vla_pipeline.evaluation import (build_metrics, episode_records, evaluate_policy, record_videos, task_table,
                                          write_video)
     from vla_pipeline.io import atomic_directory, write_json_atomic
@@ -124,18 +124,20 @@ def evaluate_cmd(
     policy = load_policy(checkpoint, params.evaluate.device)
     tasks = resolve_tasks(params.env)
     _check_policy_fits_env(policy, params, tasks, checkpoint)
-    results, counters = evaluate_policy(policy, params.env, params.evaluate)
+    # Rounds other than the final one are evaluated on validation only: test is for reported numbers.
+    splits = SPLITS if name not in params.rounds or params.rounds[name].test else ("validation",)
+    results, counters = evaluate_policy(policy, params.env, params.evaluate, splits)
     metrics_obj = build_metrics(results, tasks, params.env.max_episode_steps, _header(name, params))
     with atomic_directory(videos) as tmp:
-        for spec, frames, success in record_videos(policy, params.env, params.evaluate, params.evaluate.videos):
-            stem = f"{spec.task}-var{spec.variation:02d}-{'success' if success else 'fail'}"
+        for spec, frames, success in record_videos(policy, params.env, params.evaluate, params.evaluate.videos,
+                                                   splits[0]):
+            stem = f"{spec.task}-{spec.split}-{spec.variation_seed}-{spec.variation:02d}-{'success' if success else 'fail'}"
             write_video(tmp / f"{stem}.mp4", frames, params.evaluate.video_scale)
     write_json_atomic(table, task_table(metrics_obj, name))
     if episodes is not None:
         write_json_atomic(episodes, episode_records(results))
     write_json_atomic(metrics, metrics_obj)
-    _echo_json({"name": name, **{k: metrics_obj[k] for k in ("all", "heldout", "train") if k in metrics_obj},
-                "counters": counters})
+    _echo_json({"name": name, **{k: metrics_obj[k] for k in SPLITS if k in metrics_obj}, "counters": counters})
 
 
 @app.command("evaluate-expert")
@@ -160,7 +162,7 @@ def evaluate_expert_cmd(
     if episodes is not None:
         write_json_atomic(episodes, episode_records(results))
     write_json_atomic(metrics, metrics_obj)
-    _echo_json({"all": metrics_obj["all"], "counters": counters})
+    _echo_json({"test": metrics_obj["test"], "counters": counters})
 
 
 @app.command("compare")
@@ -180,11 +182,11 @@ def compare_cmd(
         raise PipelineError(f"{base} vs {new}: {err}") from None
     if out is not None:
         write_json_atomic(out, result)
-    _echo_json(result["all"])
+    _echo_json({split: {k: v for k, v in result[split].items() if k != "tasks"} for split in result["splits"]})
 
 
 def _read_episode_records(path: Path) -> list[dict]:
-    keys = {"task", "variation", "split", "seed", "success", "steps_to_success"}
+    keys = {"task", "variation_seed", "variation", "split", "seed", "success", "steps_to_success"}
     try:
         records = json.loads(path.read_text())
     except FileNotFoundError:
@@ -209,7 +211,7 @@ def ppo_cmd(
 
     from vla_pipeline.checkpoint import load_policy, save_policy
     from vla_pipeline.config import load_params
-    from vla_pipeline.data.snapshot import write_snapshot
+    from vla_pipeline.data.snapshot import read_manifest, write_snapshot
     from vla_pipeline.envs.tasks import resolve_tasks
     from vla_pipeline.io import atomic_directory, write_json_atomic
     from vla_pipeline.rl.rounds import buffer_dir, checkpoint_dir, open_buffer, round_item, rollouts_dir
@@ -221,9 +223,12 @@ def ppo_cmd(
     policy = load_policy(checkpoint_dir(item.policy_in, data), params.ppo.device)
     tasks = resolve_tasks(params.env)
     _check_policy_fits_env(policy, params, tasks, checkpoint_dir(item.policy_in, data))
-    buffer, _ = open_buffer(params, item.buffer_in, buffer_dir(item.buffer_in, data))
+    source = buffer_dir(item.buffer_in, data)
+    if source.exists():
+        _check_snapshot_fits_env(source, read_manifest(source), params)
+    buffer, _ = open_buffer(params, item.buffer_in, source)
     result = run_round(policy, buffer, params, round_name)
-    size = params.env.image_size
+    size, cameras = params.env.image_size, params.env.cameras
     with atomic_directory(checkpoint_dir(round_name, data)) as tmp:
         save_policy(policy, tmp, {"stage": "ppo", "round": round_name, "policy_in": item.policy_in,
                                   "buffer_in": item.buffer_in, "iterations": params.ppo.iterations,
@@ -232,7 +237,7 @@ def ppo_cmd(
         by_task: dict = {}
         for ep in result.successes:  # collection order within each task
             by_task.setdefault(ep.task, []).append(ep)
-        write_snapshot(tmp, by_task, (size, size, 3), {"source": round_name, "kind": "rollout successes"})
+        write_snapshot(tmp, by_task, cameras, (size, size, 3), {"source": round_name, "kind": "rollout successes"})
     write_json_atomic(curve or data / "metrics" / f"train-{round_name}.json", result.curve)
     _echo_json({"round": round_name, "successes": len(result.successes), "buffer": buffer.stats(),
                 **result.counters})
@@ -262,7 +267,7 @@ def snapshot_cmd(
     with atomic_directory(buffer_dir(round_name, data)) as tmp:
         manifest = write_buffer(tmp, buffer, source if seeded else None, filtered,
                                 {"source": "self-bc buffer", "round": round_name, "buffer_in": item.buffer_in,
-                                 "buffer": params.buffer.model_dump()}, (size, size, 3))
+                                 "buffer": params.buffer.model_dump()}, tuple(params.env.cameras), (size, size, 3))
     _echo_json({"round": round_name, **buffer.stats(), "changed_tasks": sorted(buffer.changed_tasks | filtered),
                 "shards": len(manifest["shards"])})
 
@@ -277,23 +282,35 @@ def check_params_cmd(params_file: Path = PARAMS):
 
 
 def _header(name: str, params) -> dict:
-    from vla_pipeline.checkpoint import software_versions
+    from vla_pipeline.provenance import software_versions
 
     versions = software_versions()
+    env, evaluate = params.env, params.evaluate
     return {"policy": name, "protocol": {
-        "horizon": params.env.max_episode_steps, "camera": params.env.camera,
-        "image_size": params.env.image_size, "episodes_heldout_per_task": params.evaluate.episodes_heldout,
-        "episodes_seen_per_task": params.evaluate.episodes_seen, "seed": params.evaluate.seed,
-        "deterministic": params.evaluate.deterministic, "metaworld": versions["metaworld"],
-        "mujoco": versions["mujoco"], "reward": params.env.reward}}
+        "horizon": env.max_episode_steps, "cameras": list(env.cameras), "image_size": env.image_size,
+        "episodes_per_task": {"test": evaluate.episodes_test, "validation": evaluate.episodes_validation,
+                              "train": evaluate.episodes_train},
+        "split_seeds": {"test": env.test_seed, "validation": env.validation_seed, "train": list(env.train_seeds)},
+        "seed": evaluate.seed, "deterministic": evaluate.deterministic, "metaworld": versions["metaworld"],
+        "mujoco": versions["mujoco"], "reward": env.reward}}
+
+
+def _check_snapshot_fits_env(path: Path, manifest: dict, params) -> None:
+    from vla_pipeline.data.snapshot import snapshot_layout
+
+    cameras, shape = snapshot_layout(manifest)
+    size = params.env.image_size
+    if list(cameras) != list(params.env.cameras) or tuple(shape) != (size, size, 3):
+        raise PipelineError(f"{path} holds cameras {list(cameras)} at {shape[0]} px; params.yaml asks for "
+                            f"env.cameras {list(params.env.cameras)} at {size} px (rerun collect_demos)")
 
 
 def _check_policy_fits_env(policy, params, tasks, checkpoint: Path) -> None:
-    spec = policy.config.env_spec
-    if spec.get("image_size") != params.env.image_size or spec.get("camera") != params.env.camera:
+    config = policy.config
+    if list(config.cameras) != list(params.env.cameras) or config.image_size != params.env.image_size:
         raise PipelineError(
-            f"{checkpoint} was trained on camera {spec.get('camera')!r} at {spec.get('image_size')} px; "
-            f"params.yaml asks for {params.env.camera!r} at {params.env.image_size} px"
+            f"{checkpoint} was trained on cameras {list(config.cameras)} at {config.image_size} px; "
+            f"params.yaml asks for {list(params.env.cameras)} at {params.env.image_size} px"
         )
     unknown = sorted(set(tasks) - set(policy.config.task_names))
     if unknown:

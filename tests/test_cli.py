@@ -63,11 +63,13 @@ def test_sft_refuses_a_missing_snapshot(tmp_path):
     assert not (tmp_path / "ck").exists()
 
 
-def test_sft_refuses_demos_of_another_image_size(tmp_path, tiny_demos):
-    params = write_params(tmp_path, env={"image_size": 48})
-    result = runner.invoke(app, ["sft", "--params", str(params), "--demos", str(tiny_demos),
-                                 "--out", str(tmp_path / "ck"), "--curve", str(tmp_path / "c.json")])
-    assert result.exit_code == 1 and "images are (32, 32, 3), env.image_size is 48" in result.output
+def test_sft_refuses_demos_of_another_image_size_or_cameras(tmp_path, tiny_demos):
+    for env, expected in (({"image_size": 48}, "at 32 px; params.yaml asks for env.cameras ['corner4'] at 48 px"),
+                          ({"cameras": ["corner4", "topview"]}, "asks for env.cameras ['corner4', 'topview']")):
+        params = write_params(tmp_path, env=env)
+        result = runner.invoke(app, ["sft", "--params", str(params), "--demos", str(tiny_demos),
+                                     "--out", str(tmp_path / "ck"), "--curve", str(tmp_path / "c.json")])
+        assert result.exit_code == 1 and expected in result.output and "rerun collect_demos" in result.output
 
 
 def test_sft_then_evaluate(tmp_path, tiny_demos):
@@ -82,11 +84,13 @@ def test_sft_then_evaluate(tmp_path, tiny_demos):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "m.json").read_text())
-    assert metrics["all"]["episodes"] == 6 and set(metrics["tasks"]) == {"reach-v3", "drawer-close-v3"}
+    assert metrics["splits"] == ["test", "validation", "train"]
+    assert [metrics[s]["episodes"] for s in metrics["splits"]] == [4, 2, 2]  # 2 tasks x (2, 1, 1)
+    assert set(metrics["tasks"]) == {"reach-v3", "drawer-close-v3"}
     assert metrics["protocol"]["horizon"] == 100
-    assert len(list((tmp_path / "v").glob("*.mp4"))) == 1
+    assert [p.name.split("-")[2] for p in (tmp_path / "v").glob("*.mp4")] == ["test"]
     rows = json.loads((tmp_path / "t.json").read_text())
-    assert {r["split"] for r in rows} == {"heldout", "train"}
+    assert {r["split"] for r in rows} == {"test", "validation", "train"}
 
 
 def test_evaluate_refuses_a_truncated_checkpoint_and_keeps_old_metrics(tmp_path, tiny_checkpoint):
@@ -110,26 +114,27 @@ def test_evaluate_expert(tmp_path):
                                  "--table", str(tmp_path / "t.json"), "--episodes", str(tmp_path / "ep.json")])
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "e.json").read_text())
-    assert metrics["policy"] == "expert" and metrics["all"]["success"] > 0.5
+    assert metrics["policy"] == "expert" and metrics["test"]["success"] > 0.5
     episodes = json.loads((tmp_path / "ep.json").read_text())
-    assert len(episodes) == metrics["all"]["episodes"] == 6
+    assert len(episodes) == sum(metrics[s]["episodes"] for s in metrics["splits"]) == 8
     # The expert against itself: every pair concordant, p = 1.
     result = runner.invoke(app, ["compare", "--base", str(tmp_path / "ep.json"), "--new", str(tmp_path / "ep.json"),
                                  "--out", str(tmp_path / "paired.json")])
     assert result.exit_code == 0, result.output
     paired = json.loads((tmp_path / "paired.json").read_text())
-    assert paired["all"]["only_base"] == paired["all"]["only_new"] == 0 and paired["all"]["mcnemar_p"] == 1.0
-    assert paired["all"]["steps_diff_both_solved"] == 0.0
+    assert paired["splits"] == ["test", "validation", "train"]
+    assert paired["test"]["only_base"] == paired["test"]["only_new"] == 0 and paired["test"]["mcnemar_p"] == 1.0
+    assert paired["test"]["steps_diff_both_solved"] == 0.0
 
 
 def test_compare_refuses_other_episode_lists_and_foreign_json(tmp_path):
-    record = {"task": "reach-v3", "variation": 40, "split": "heldout", "seed": 1, "success": True,
-              "steps_to_success": 30, "length": 30}
+    record = {"task": "reach-v3", "variation_seed": 4242, "variation": 40, "split": "test", "seed": 1,
+              "success": True, "steps_to_success": 30, "length": 30}
     (tmp_path / "a.json").write_text(json.dumps([record]))
     (tmp_path / "b.json").write_text(json.dumps([{**record, "variation": 41}]))
     (tmp_path / "c.json").write_text(json.dumps({"all": {}}))
     result = runner.invoke(app, ["compare", "--base", str(tmp_path / "a.json"), "--new", str(tmp_path / "b.json")])
-    assert result.exit_code == 1 and "different episode lists" in result.output
+    assert result.exit_code == 1 and "different test episodes" in result.output
     result = runner.invoke(app, ["compare", "--base", str(tmp_path / "a.json"), "--new", str(tmp_path / "c.json")])
     assert result.exit_code == 1 and "not per-episode results" in result.output
     result = runner.invoke(app, ["compare", "--base", str(tmp_path / "a.json"), "--new", str(tmp_path / "nope.json")])

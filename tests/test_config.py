@@ -53,8 +53,13 @@ def test_unknown_task_is_refused_with_a_hint():
     assert "unknown MetaWorld task 'pick-plaec-v3'" in msg and "pick-place-v3" in msg
 
 
-def test_unknown_camera_is_refused():
-    assert "unknown camera 'corner9'" in error_of(tiny_raw(env={"camera": "corner9"}))
+def test_unknown_or_repeated_camera_and_shared_split_seeds_are_refused():
+    assert "unknown camera 'corner9'" in error_of(tiny_raw(env={"cameras": ["corner4", "corner9"]}))
+    assert "entries must not repeat" in error_of(tiny_raw(env={"cameras": ["corner4", "corner4"]}))
+    assert "unknown key 'env.camera' (did you mean 'env.cameras'?)" in error_of(tiny_raw(env={"camera": "corner4"}))
+    assert "env.test_seed 3 is also a train seed" in error_of(tiny_raw(env={"train_seeds": [0, 3], "test_seed": 3}))
+    assert "must differ" in error_of(tiny_raw(env={"validation_seed": 5, "test_seed": 5}))
+    assert "less than or equal to 50" in error_of(tiny_raw(evaluate={"episodes_test": 51}))
 
 
 def test_horizon_beyond_metaworld_limit_is_refused():

@@ -7,43 +7,106 @@ import pyarrow.parquet as pq
 import pytest
 
 from vla_pipeline import constants as C
-from vla_pipeline.data.snapshot import EncodedEpisode, encode_png, load_snapshot, sha256_file, write_snapshot
-from vla_pipeline.data.windows import chunk_window_indices
+from vla_pipeline.data.episode import Episode, encode_png
+from vla_pipeline.data.snapshot import load_episodes, load_snapshot, sha256_file, write_snapshot
+from vla_pipeline.data.windows import ChunkWindows, chunk_window_indices, sample_weights
 from vla_pipeline.errors import PipelineError
 from vla_pipeline.io import atomic_directory
 
 
-def fake_episode(task: str, length: int, seed: int, solved: bool = True) -> EncodedEpisode:
+CAMERAS = ("corner4", "topview")
+
+
+def fake_episode(task: str, length: int, seed: int, solved: bool = True, frame_every: int = 1,
+                 cameras=CAMERAS, source: str = "expert") -> Episode:
+    """Random but reproducible content; frames every `frame_every` steps, one per camera."""
     rng = np.random.default_rng(seed)
-    images = [encode_png(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)) for _ in range(length)]
-    successes = np.zeros(length, bool)
-    if solved:
-        successes[-1] = True
-    return EncodedEpisode(task, seed % 50, f"do {task}", "expert", images,
-                          rng.normal(size=(length, 4)).astype(np.float32),
-                          rng.uniform(-1, 1, (length, 4)).astype(np.float32),
-                          successes.astype(np.float32), successes, solved, not solved)
+    ep = Episode(task, 7, seed % 50, f"do {task}", source)  # configuration 7/(seed % 50)
+    for t in range(length):
+        frames = (tuple(encode_png(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)) for _ in cameras)
+                  if t % frame_every == 0 else ())
+        ep.add_step(tuple(frames), rng.normal(size=4), rng.normal(size=39), rng.uniform(-1, 1, 4),
+                    float(solved and t == length - 1), solved and t == length - 1)
+    return ep.finish(solved, not solved)
 
 
-def make_snapshot(path, episodes=None):
+def make_snapshot(path, episodes=None, cameras=CAMERAS):
     episodes = episodes or {"a-v3": [fake_episode("a-v3", 5, 1), fake_episode("a-v3", 3, 2)],
                             "b-v3": [fake_episode("b-v3", 4, 3, solved=False)]}
     with atomic_directory(path) as tmp:
-        write_snapshot(tmp, episodes, (8, 8, 3), {"source": "test"})
+        write_snapshot(tmp, episodes, cameras, (8, 8, 3), {"source": "test"})
     return path
 
 
-def test_round_trip_keeps_every_column(tmp_path):
+def test_round_trip_keeps_every_column_and_camera(tmp_path):
     table, manifest = load_snapshot(make_snapshot(tmp_path / "s"))
-    assert len(table) == 12 and table.images.shape == (12, 8, 8, 3)
+    assert len(table) == 12 and table.images.shape == (12, 2, 8, 8, 3)
+    assert manifest["cameras"] == list(CAMERAS)
     assert list(table.episode) == [0] * 5 + [1] * 3 + [0] * 4  # ids are per shard (task)
     assert list(table.step[:5]) == [0, 1, 2, 3, 4]
-    assert table.terminated.sum() == 2 and table.truncated.sum() == 1
     assert list(table.steps_to_success[[0, 5, 8]]) == [5, 3, -1]
+    assert list(table.variation_seed[[0, 5, 8]]) == [7, 7, 7] and list(table.variation[[0, 5, 8]]) == [1, 2, 3]
     assert manifest["tasks"]["a-v3"]["success_rate"] == 1.0
     assert manifest["tasks"]["b-v3"]["successes"] == 0
     ep = fake_episode("a-v3", 5, 1)
-    np.testing.assert_array_equal(table.action[:5], ep.actions)
+    np.testing.assert_array_equal(table.action[:5], np.asarray(ep.actions))
+    np.testing.assert_array_equal(table.state[:5], np.asarray(ep.states))
+    from vla_pipeline.data.episode import decode_png
+
+    for t in range(5):  # each camera's column holds that camera's frame
+        for v in range(2):
+            np.testing.assert_array_equal(table.images[t, v], decode_png(ep.frames[t][v]))
+
+
+def test_episodes_round_trip_through_parquet(tmp_path):
+    """Episodes -> shard -> episodes is the identity, including steps without frames."""
+    episodes = [fake_episode("a-v3", 7, 4, frame_every=3, source="r01"), fake_episode("a-v3", 2, 5, solved=False)]
+    by_task, _ = load_episodes(make_snapshot(tmp_path / "s", {"a-v3": episodes}))
+    for got, want in zip(by_task["a-v3"], episodes):
+        assert got.frames == want.frames and got.source == want.source
+        assert (got.task, got.variation_seed, got.variation, got.terminated, got.truncated) == \
+            (want.task, want.variation_seed, want.variation, want.terminated, want.truncated)
+        for name, values in want.arrays().items():
+            np.testing.assert_array_equal(got.arrays()[name], values)
+
+
+def test_old_schema_version_is_refused_with_a_rebuild_hint(tmp_path):
+    snap = make_snapshot(tmp_path / "s")
+    manifest = json.loads((snap / C.MANIFEST_FILE).read_text())
+    manifest["schema_version"] = 1
+    (snap / C.MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(PipelineError, match=r"schema version 1, this code reads version 2; re-create it"):
+        load_snapshot(snap)
+
+
+def test_shard_of_other_cameras_is_refused(tmp_path):
+    snap = make_snapshot(tmp_path / "s")
+    other = make_snapshot(tmp_path / "o", {"a-v3": [fake_episode("a-v3", 3, 1, cameras=("corner4",))]},
+                          cameras=("corner4",))
+    shutil.copy(other / "a-v3.parquet", snap / "a-v3.parquet")
+    manifest = json.loads((snap / C.MANIFEST_FILE).read_text())
+    manifest["shards"]["a-v3.parquet"]["sha256"] = sha256_file(snap / "a-v3.parquet")
+    (snap / C.MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(PipelineError, match="cameras 'corner4', its manifest says 'corner4,topview'"):
+        load_snapshot(snap)
+
+
+def test_sample_weights_count_rollouts_per_step_and_balance_tasks(tmp_path):
+    """A rollout with a frame every 4th step weighs as much per env step as a demo."""
+    demo = fake_episode("a-v3", 8, 1)  # 8 frames
+    rollout = fake_episode("a-v3", 8, 2, frame_every=4, source="r01")  # 2 frames
+    short = fake_episode("b-v3", 2, 3)
+    table, _ = load_snapshot(make_snapshot(tmp_path / "s", {"a-v3": [demo, rollout], "b-v3": [short]}))
+    plain = sample_weights(table, balance_tasks=False)
+    assert plain[:8].sum() == pytest.approx(plain[8:16].sum())  # equal length -> equal mass
+    assert plain[8] == pytest.approx(4 * plain[0]) and plain[9] == 0.0  # frameless steps never drawn
+    assert plain[16:].sum() == pytest.approx(2 / 18)
+    balanced = sample_weights(table, balance_tasks=True)
+    assert balanced[:16].sum() == pytest.approx(0.5) and balanced[16:].sum() == pytest.approx(0.5)
+    windows = ChunkWindows(table, 4, ["a-v3", "b-v3"], balance_tasks=True)
+    rows = windows.sample(np.random.default_rng(0), 20000)
+    assert (table.task[rows] == "b-v3").mean() == pytest.approx(0.5, abs=0.02)
+    assert table.has_frame[rows].all()
 
 
 def test_same_episodes_give_identical_bytes(tmp_path):
@@ -55,7 +118,7 @@ def test_same_episodes_give_identical_bytes(tmp_path):
 def test_unchanged_task_shard_is_reused_byte_for_byte(tmp_path):
     first = make_snapshot(tmp_path / "r1")
     with atomic_directory(tmp_path / "r2") as tmp:
-        write_snapshot(tmp, {"a-v3": None, "b-v3": [fake_episode("b-v3", 2, 9)]}, (8, 8, 3), {},
+        write_snapshot(tmp, {"a-v3": None, "b-v3": [fake_episode("b-v3", 2, 9)]}, CAMERAS, (8, 8, 3), {},
                        reuse_from=first)
     assert sha256_file(first / "a-v3.parquet") == sha256_file(tmp_path / "r2" / "a-v3.parquet")
     table, _ = load_snapshot(tmp_path / "r2")
@@ -117,10 +180,15 @@ def test_missing_column_wrong_version_nan_and_bad_image(tmp_path):
     nan_table = original.set_column(original.schema.get_field_index(C.ACTION), original.schema.field(C.ACTION), nan_col)
     with pytest.raises(PipelineError, match="'action' contains NaN"):
         load_snapshot(variant("nan", nan_table))
+    column = C.image_column("topview")
     big = pa.array([encode_png(np.zeros((9, 8, 3), np.uint8))] * original.num_rows, pa.binary())
-    bad = original.set_column(original.schema.get_field_index(C.IMAGE), original.schema.field(C.IMAGE), big)
-    with pytest.raises(PipelineError, match=r"has shape \(9, 8, 3\), expected \(8, 8, 3\)"):
+    bad = original.set_column(original.schema.get_field_index(column), original.schema.field(column), big)
+    with pytest.raises(PipelineError, match=r"topview image in row 0 has shape \(9, 8, 3\), expected \(8, 8, 3\)"):
         load_snapshot(variant("shape", bad))
+    garbage = pa.array([b"not a png"] * original.num_rows, pa.binary())
+    bad = original.set_column(original.schema.get_field_index(column), original.schema.field(column), garbage)
+    with pytest.raises(PipelineError, match=r"topview image in row 0 cannot be decoded"):
+        load_snapshot(variant("garbage", bad))
 
 
 def test_missing_manifest_is_refused(tmp_path):

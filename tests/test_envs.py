@@ -2,11 +2,13 @@ import numpy as np
 import pytest
 
 from vla_pipeline.config import EnvConfig
-from vla_pipeline.envs.chunk_env import ChunkEnv, EpisodeQueue, evaluation_episodes, execute_chunk
+from vla_pipeline.config import EvaluateConfig
+from vla_pipeline.envs.chunk_env import ChunkEnv, EpisodeQueue, execute_chunk
 from vla_pipeline.envs.experts import make_expert
 from vla_pipeline.envs.rendering import BlackFrameError
 from vla_pipeline.envs.sim import TaskSim
-from vla_pipeline.envs.tasks import EpisodeSpec
+from vla_pipeline.envs.tasks import EpisodeSpec, split_configurations
+from vla_pipeline.evaluation import evaluation_episodes
 
 ENV = EnvConfig(suite="custom", tasks=["reach-v3", "drawer-close-v3"], image_size=64, max_episode_steps=150,
                 vector="sync", num_envs=1)
@@ -15,7 +17,7 @@ ENV = EnvConfig(suite="custom", tasks=["reach-v3", "drawer-close-v3"], image_siz
 def expert_steps_until_success(task: str, variation: int) -> list[np.ndarray]:
     """Expert actions of one episode up to and including its first success."""
     sim = TaskSim(task, ENV, render=False)
-    expert, state, actions = make_expert(task), sim.reset(variation), []
+    expert, state, actions = make_expert(task), sim.reset(0, variation), []
     while True:
         actions.append(np.clip(expert.get_action(state), -1, 1))
         out = sim.step(actions[-1])
@@ -29,7 +31,7 @@ def expert_steps_until_success(task: str, variation: int) -> list[np.ndarray]:
 def test_corner_camera_is_right_way_up():
     """The wooden table (brown, wide) must fill the lower half of a rotated corner4 frame."""
     sim = TaskSim("reach-v3", ENV)
-    sim.reset(0)
+    sim.reset(0, 0)
     frame = sim.render().astype(int)
     sim.close()
     r, g, b = frame[..., 0], frame[..., 1], frame[..., 2]
@@ -40,9 +42,9 @@ def test_corner_camera_is_right_way_up():
 
 def test_two_envs_in_one_process_both_render_non_black_frames():
     first = TaskSim("reach-v3", ENV)
-    first.reset(0)
+    first.reset(0, 0)
     second = TaskSim("drawer-close-v3", ENV)
-    second.reset(0)
+    second.reset(0, 0)
     a = second.render()
     first.close()  # freeing one renderer must not blank the other (env-probe 2b)
     del first
@@ -53,7 +55,7 @@ def test_two_envs_in_one_process_both_render_non_black_frames():
 
 def test_black_frames_are_refused(monkeypatch):
     sim = TaskSim("reach-v3", ENV)
-    sim.reset(0)
+    sim.reset(0, 0)
     monkeypatch.setattr(sim.renderer._renderer, "render", lambda: np.zeros((64, 64, 3), np.uint8))
     with pytest.raises(BlackFrameError):
         sim.render()
@@ -62,17 +64,17 @@ def test_black_frames_are_refused(monkeypatch):
 
 def test_variation_fixes_the_initial_state_and_reset_seed_does_not_matter():
     sim = TaskSim("reach-v3", ENV, render=False)
-    a, b, c = sim.reset(3), sim.reset(3), sim.reset(4)
+    a, b, c, d = sim.reset(0, 3), sim.reset(0, 3), sim.reset(0, 4), sim.reset(1, 3)
     sim.close()
     np.testing.assert_array_equal(a, b)
-    assert not np.allclose(a, c)
+    assert not np.allclose(a, c) and not np.allclose(a, d)  # another index or another MT1 seed
 
 
 def test_chunk_stops_early_on_success_and_discounts_reward():
     actions = expert_steps_until_success("reach-v3", 0)
     k, n_before = 8, len(actions) - 3  # success lands on the 3rd action of the last chunk
     sim = TaskSim("reach-v3", ENV, render=False)
-    sim.reset(0)
+    sim.reset(0, 0)
     for action in actions[:n_before]:
         assert not sim.step(action).success
     chunk = np.stack(actions[n_before:] + [np.zeros(4)] * (k - 3))
@@ -86,7 +88,7 @@ def test_chunk_stops_early_on_success_and_discounts_reward():
 def test_chunk_stops_at_the_time_limit():
     cfg = ENV.model_copy(update={"max_episode_steps": 10})
     sim = TaskSim("reach-v3", cfg, render=False)
-    sim.reset(0)
+    sim.reset(0, 0)
     execute_chunk(sim, np.zeros((8, 4)), 0.99)
     result = execute_chunk(sim, np.zeros((8, 4)), 0.99)
     sim.close()
@@ -96,16 +98,16 @@ def test_chunk_stops_at_the_time_limit():
 def test_dense_reward_and_step_cost_options():
     cfg = ENV.model_copy(update={"reward": "dense", "step_cost": 0.5})
     sim = TaskSim("reach-v3", cfg, render=False)
-    sim.reset(0)
+    sim.reset(0, 0)
     out = sim.step(np.zeros(4))
     sim.close()
     assert out.reward != -0.5 and out.reward > -0.5  # MetaWorld's dense reward is >= 0
 
 
 def test_chunk_env_renders_only_at_decision_points():
-    env = ChunkEnv(ENV.model_dump(), 4, 0.99, EpisodeQueue([EpisodeSpec("reach-v3", 0, 0)]))
+    env = ChunkEnv(ENV.model_dump(), 4, 0.99, EpisodeQueue([EpisodeSpec("reach-v3", 0, 0, 0)]))
     obs, info = env.reset()
-    assert obs["image"].shape == (64, 64, 3) and obs["proprio"].shape == (4,)
+    assert obs["image"].shape == (1, 64, 64, 3) and obs["proprio"].shape == (4,) and obs["state"].shape == (39,)
     for _ in range(3):
         obs, reward, terminated, truncated, info = env.step(np.zeros((4, 4)))
     assert env.counters() == {"renders": 4, "env_steps": 12}
@@ -117,10 +119,36 @@ def test_chunk_env_renders_only_at_decision_points():
 
 
 def test_evaluation_list_is_fixed_and_split():
-    episodes = evaluation_episodes(ENV, episodes_seen=2, episodes_heldout=3, seed=7)
-    assert episodes == evaluation_episodes(ENV, episodes_seen=2, episodes_heldout=3, seed=7)
-    heldout = [e for e in episodes if e.split == "heldout"]
-    seen = [e for e in episodes if e.split == "train"]
-    assert len(heldout) == 6 and len(seen) == 4
-    assert all(e.variation >= ENV.train_variations for e in heldout)
-    assert all(e.variation < ENV.train_variations for e in seen)
+    cfg = EvaluateConfig(episodes_test=3, episodes_validation=2, episodes_train=2, seed=7)
+    episodes = evaluation_episodes(ENV, cfg)
+    assert episodes == evaluation_episodes(ENV, cfg)
+    by_split = {split: [e for e in episodes if e.split == split] for split in ("test", "validation", "train")}
+    assert [len(v) for v in by_split.values()] == [6, 4, 4]
+    assert {e.variation_seed for e in by_split["test"]} == {ENV.test_seed}
+    assert {e.variation_seed for e in by_split["validation"]} == {ENV.validation_seed}
+    assert {e.variation_seed for e in by_split["train"]} <= set(ENV.train_seeds)
+    # Asking for one split gives the same episodes as asking for all of them (pairing relies on it).
+    assert evaluation_episodes(ENV, cfg, ["validation"]) == by_split["validation"]
+
+
+def test_test_split_shares_no_configuration_with_train_or_validation():
+    """Placements, not only seeds: no object/goal vector of the default test split occurs in
+    the train or validation splits, and demos and PPO draw from train configurations only."""
+    from vla_pipeline.config import load_params
+    from vla_pipeline.demos import demo_episodes
+    from vla_pipeline.envs.sim import configuration_vector
+    from vla_pipeline.rl.trainer import training_queues
+    from tests.conftest import ROOT
+
+    params = load_params(ROOT / "params.yaml")
+    for task in ("reach-v3", "pick-place-v3"):
+        placements = {split: {tuple(configuration_vector(task, c.seed, c.index).round(6))
+                              for c in split_configurations(params.env, split)}
+                      for split in ("train", "validation", "test")}
+        assert len(placements["test"]) == 50 and len(placements["validation"]) == 50
+        assert not placements["test"] & (placements["train"] | placements["validation"])
+        assert not placements["validation"] & placements["train"]
+    train = set(split_configurations(params.env, "train"))
+    assert {spec.configuration for specs in demo_episodes(params).values() for spec in specs} <= train
+    for queue in training_queues(params, 2, seed=0):
+        assert set(queue.configurations) == train

@@ -13,22 +13,34 @@ def test_mcnemar_exact_p_values():
     assert mcnemar_exact_p(2, 9) == mcnemar_exact_p(9, 2)
 
 
-def _rec(task, variation, success, steps):
-    return {"task": task, "variation": variation, "split": "heldout", "seed": variation, "success": success,
-            "steps_to_success": steps if success else -1, "length": steps if success else 200}
+def _rec(task, variation, success, steps, split="test"):
+    return {"task": task, "variation_seed": 4242, "variation": variation, "split": split, "seed": variation,
+            "success": success, "steps_to_success": steps if success else -1, "length": steps if success else 200}
 
 
 def test_paired_comparison_counts_discordant_pairs_and_common_steps():
     base = [_rec("a", 0, True, 80), _rec("a", 1, False, 0), _rec("b", 0, True, 60), _rec("b", 1, True, 50)]
     new = [_rec("a", 0, True, 70), _rec("a", 1, True, 90), _rec("b", 0, False, 0), _rec("b", 1, True, 40)]
     out = paired_comparison(base, list(reversed(new)))  # order does not matter, the episode key does
-    assert out["all"] == {"episodes": 4, "both_solved": 2, "only_base": 1, "only_new": 1, "neither": 0,
-                          "success_diff": 0.0, "mcnemar_p": 1.0, "steps_diff_both_solved": -10.0}
-    assert out["tasks"]["a"]["only_new"] == 1 and out["tasks"]["a"]["steps_diff_both_solved"] == -10.0
-    assert out["tasks"]["b"]["only_base"] == 1 and out["tasks"]["b"]["success_diff"] == -0.5
+    tasks = out["test"].pop("tasks")
+    assert out["test"] == {"episodes": 4, "both_solved": 2, "only_base": 1, "only_new": 1, "neither": 0,
+                           "success_diff": 0.0, "mcnemar_p": 1.0, "steps_diff_both_solved": -10.0}
+    assert tasks["a"]["only_new"] == 1 and tasks["a"]["steps_diff_both_solved"] == -10.0
+    assert tasks["b"]["only_base"] == 1 and tasks["b"]["success_diff"] == -0.5
+    assert out["splits"] == ["test"] and out["skipped_splits"] == []
+
+
+def test_paired_comparison_pairs_only_splits_both_evaluated():
+    base = [_rec("a", 0, True, 5), _rec("a", 1, True, 5, split="validation")]
+    new = [_rec("a", 1, False, 5, split="validation")]  # an intermediate round: validation only
+    out = paired_comparison(base, new)
+    assert out["splits"] == ["validation"] and out["skipped_splits"] == ["test"]
+    assert out["validation"]["only_base"] == 1
 
 
 def test_paired_comparison_refuses_different_lists():
-    with pytest.raises(ValueError, match="different episode lists"):
+    with pytest.raises(ValueError, match="different test episodes"):
         paired_comparison([_rec("a", 0, True, 5)], [_rec("a", 1, True, 5)])
+    with pytest.raises(ValueError, match="share no split"):
+        paired_comparison([_rec("a", 0, True, 5)], [_rec("a", 0, True, 5, split="train")])
 

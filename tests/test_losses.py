@@ -29,12 +29,14 @@ def test_wilson_interval_known_values():
 
 
 def test_metrics_average_over_tasks_and_count_failures_at_the_horizon():
-    results = [EpisodeResult("a", 40, "heldout", 0, True, 20, 20), EpisodeResult("a", 41, "heldout", 1, False, -1, 50),
-               EpisodeResult("b", 40, "heldout", 2, True, 40, 40), EpisodeResult("b", 1, "train", 3, True, 30, 30)]
+    results = [EpisodeResult("a", 9, 40, "test", 0, True, 20, 20), EpisodeResult("a", 9, 41, "test", 1, False, -1, 50),
+               EpisodeResult("b", 9, 40, "test", 2, True, 40, 40), EpisodeResult("b", 9, 42, "test", 3, True, 30, 30),
+               EpisodeResult("a", 0, 1, "train", 3, True, 30, 30), EpisodeResult("b", 0, 1, "train", 3, False, -1, 100)]
     m = build_metrics(results, ["a", "b"], horizon=100, header={})
-    assert m["tasks"]["a"]["all"]["success"] == 0.5
-    assert m["tasks"]["a"]["all"]["episode_length"] == (20 + 100) / 2
-    assert m["all"]["success"] == pytest.approx((0.5 + 1.0) / 2)
-    assert m["heldout"]["success"] == pytest.approx((0.5 + 1.0) / 2)
-    assert m["all"]["steps_to_success"] == pytest.approx((20 + 35) / 2)
-    assert m["train"]["episodes"] == 1
+    assert m["splits"] == ["test", "train"] and "validation" not in m
+    assert m["tasks"]["a"]["test"]["success"] == 0.5
+    assert m["tasks"]["a"]["test"]["episode_length"] == (20 + 100) / 2
+    assert m["test"]["success"] == pytest.approx((0.5 + 1.0) / 2)
+    assert m["test"]["success_ci95"] == pytest.approx(list(wilson_interval(3, 4)))
+    assert m["test"]["steps_to_success"] == pytest.approx((20 + 35) / 2)
+    assert m["train"]["success"] == 0.5 and m["train"]["episodes"] == 2

@@ -20,10 +20,57 @@ def policy():
     return build_policy(params.policy, params.env, ["reach-v3", "drawer-close-v3"]).eval()
 
 
-def obs(batch=3, size=32):
+def obs(batch=3, size=32, views=1):
     rng = np.random.default_rng(0)
-    return {"image": rng.integers(0, 255, (batch, size, size, 3), dtype=np.uint8),
-            "proprio": rng.normal(size=(batch, 4)).astype(np.float32), "task_index": np.array([0, 1, 0][:batch])}
+    return {"image": rng.integers(0, 255, (batch, views, size, size, 3), dtype=np.uint8),
+            "proprio": rng.normal(size=(batch, 4)).astype(np.float32),
+            "state": rng.normal(size=(batch, 39)).astype(np.float32), "task_index": np.array([0, 1, 0][:batch])}
+
+
+def build(**overrides):
+    params = parse_params(tiny_raw(**overrides))
+    torch.manual_seed(0)
+    return build_policy(params.policy, params.env, ["reach-v3", "drawer-close-v3"]).eval()
+
+
+@pytest.mark.parametrize("vision", [{}, {"tokens": "keypoints", "keypoints": 5}, {"coord_channels": True}])
+def test_every_camera_and_vision_variant_reaches_the_action(vision):
+    """Two cameras through one encoder: changing only the second view changes the chunk."""
+    tiny_vision = tiny_raw()["policy"]["vision"]
+    policy = build(env={"cameras": ["corner4", "topview"]}, policy={"vision": {**tiny_vision, **vision}})
+    o = obs(views=2)
+    before = policy(**policy.obs_to_tensors(o)).action_mean
+    o["image"][:, 1] = 255 - o["image"][:, 1]
+    after = policy(**policy.obs_to_tensors(o)).action_mean
+    assert before.shape == (3, 4, 4) and not torch.allclose(before, after)
+    with pytest.raises(ValueError, match="expected images"):
+        policy(**policy.obs_to_tensors(obs(views=1)))
+
+
+def test_keypoints_are_expected_coordinates_of_the_feature_maps():
+    from vla_pipeline.policies.vla.modeling_vla import SpatialSoftmax
+
+    layer = SpatialSoftmax(channels=1, keypoints=1)
+    with torch.no_grad():
+        layer.maps.weight.fill_(1.0)
+        layer.maps.bias.zero_()
+        layer.log_temperature.fill_(-5.0)  # a sharp softmax: the arg-max cell
+    features = torch.zeros(1, 1, 5, 5)
+    features[0, 0, 4, 1] = 1.0  # row 4 (bottom), column 1
+    assert layer(features)[0, 0].tolist() == pytest.approx([-0.5, 1.0], abs=1e-3)  # (x, y) in [-1, 1]
+
+
+def test_only_a_privileged_policy_reads_the_goal_from_the_state():
+    o = obs()
+    moved = {**o, "state": o["state"].copy()}
+    moved["state"][:, 36:39] += 1.0  # the goal position
+    for privileged, changes in ((False, False), (True, True)):
+        policy = build(policy={"privileged_state": privileged})
+        a = policy(**policy.obs_to_tensors(o)).action_mean
+        b = policy(**policy.obs_to_tensors(moved)).action_mean
+        assert (not torch.allclose(a, b)) == changes
+    with pytest.raises(ValueError, match="needs the MetaWorld state"):
+        policy(**{k: v for k, v in policy.obs_to_tensors(o).items() if k != "state"})
 
 
 def test_forward_shapes_and_action_range(policy):

@@ -44,7 +44,7 @@ def test_round_writes_checkpoint_rollouts_curve_and_buffer(round_dir):
     assert curve[1]["first_ratio"] == pytest.approx(1.0, abs=1e-5)
     assert curve[1]["first_clip_fraction"] == 0.0
     assert curve[1]["decisions"] == 16 and curve[1]["weight"] > 0
-    assert read_manifest(data / "buffers" / "r01")["schema_version"] == 1
+    assert read_manifest(data / "buffers" / "r01")["schema_version"] == 2
 
 
 def test_snapshot_reuses_unchanged_shards(round_dir):

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_data import fake_episode
-from vla_pipeline.data.snapshot import decode_episodes
+from tests.test_data import CAMERAS, fake_episode
+from vla_pipeline.data.snapshot import decode_steps, episodes_to_table
 from vla_pipeline.envs.chunk_env import EpisodeQueue
+from vla_pipeline.envs.tasks import Configuration
 from vla_pipeline.rl.buffer import SelfBCBuffer
 from vla_pipeline.rl.curriculum import TaskCurriculum
 from vla_pipeline.rl.ppo import chunk_log_prob, ppo_loss
@@ -102,13 +103,13 @@ def test_buffer_step_table_reuses_decoded_frames_and_matches_a_fresh_decode():
     buf = SelfBCBuffer("task_variation", capacity=1)
     buf.offer(fake_episode("a-v3", 6, seed=1))
     buf.offer(fake_episode("b-v3", 4, seed=2))
-    buf.step_table((8, 8, 3))
+    buf.step_table(CAMERAS, (8, 8, 3))
     buf.offer(fake_episode("a-v3", 3, seed=51))  # evicts the 6-step episode of variation 1
     buf.offer(fake_episode("a-v3", 5, seed=3))
-    cached = buf.step_table((8, 8, 3))
-    fresh = decode_episodes(buf.episodes(), (8, 8, 3))
+    cached = buf.step_table(CAMERAS, (8, 8, 3))
+    fresh = decode_steps(episodes_to_table(buf.episodes(), CAMERAS, (8, 8, 3)), CAMERAS, (8, 8, 3), "fresh")
     assert len(buf._decoded) == 3  # the evicted episode's frames were dropped
-    for name in ("images", "episode", "step", "action", "proprio", "has_frame"):
+    for name in ("images", "episode", "step", "action", "proprio", "state", "has_frame"):
         assert np.array_equal(getattr(cached, name), getattr(fresh, name)), name
 
 
@@ -159,7 +160,8 @@ def test_curriculum_floor_keeps_solved_tasks_and_uniform_defers_to_round_robin()
 
 
 def test_weighted_episode_queue_draws_tasks_by_weight():
-    queue = EpisodeQueue(cycle_seed=0, tasks=["a", "b"], variations=[0, 1], task_weights=[0.0, 1.0])
+    queue = EpisodeQueue(cycle_seed=0, tasks=["a", "b"], configurations=[Configuration(0, 0), Configuration(0, 1)],
+                         task_weights=[0.0, 1.0])
     rng = np.random.default_rng(0)
     assert {queue.next(rng).task for _ in range(20)} == {"b"}
     queue.task_weights = None  # back to round-robin

@@ -7,7 +7,6 @@ the model the config describes.
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 
 import torch
@@ -21,15 +20,6 @@ from vla_pipeline.policies.vla import VLAConfig, VLAPolicy
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-
-
-def software_versions() -> dict:
-    import mujoco
-    from importlib.metadata import version
-
-    return {"metaworld": version("metaworld"), "mujoco": mujoco.__version__,
-            "torch": torch.__version__.split("+")[0], "transformers": version("transformers"),
-            "python": platform.python_version()}
 
 
 def check_finite(policy: torch.nn.Module) -> None:

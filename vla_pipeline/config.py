@@ -34,32 +34,45 @@ class RenderConfig(Section):
 
 
 class EnvConfig(Section):
-    """What the policy sees and how episodes run (shared by every stage that steps envs)."""
+    """What the policy sees and how episodes run (shared by every stage that steps envs).
+
+    Configurations (object/goal placements) come from `metaworld.MT1(task, seed=S)`, 50 per
+    seed: `train_seeds` feed demos and RL, `validation_seed` is for choosing settings, and
+    `test_seed` is touched only for reported numbers.
+    """
 
     suite: Literal["mt10", "custom"] = "mt10"
     tasks: list[str] = Field(default_factory=list)  # used when suite == custom
     instruction_style: Literal["natural", "env_name"] = "natural"
-    camera: str = "corner4"
+    cameras: list[str] = Field(default_factory=lambda: ["corner4"], min_length=1)  # one image column each
     image_size: int = Field(84, ge=16, le=512)
     max_episode_steps: int = Field(300, ge=1, le=500)  # MetaWorld refuses steps past 500
     reward: Literal["sparse", "dense"] = "sparse"
     step_cost: float = Field(0.0, ge=0.0)  # subtracted every step (sparse reward option)
     terminate_on_success: bool = True
-    variation_seed: int = Field(0, ge=0)  # seed of metaworld.MT1(task, seed).train_tasks
-    train_variations: int = Field(40, ge=1, le=49)  # first N of 50 are train, rest held out
+    train_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)  # 50 configurations each
+    validation_seed: int = Field(1234, ge=0)
+    test_seed: int = Field(4242, ge=0)
     num_envs: int = Field(2, ge=1, le=256)  # envs stepped in lockstep, one policy batch
     vector: Literal["sync", "async"] = "async"  # async = one spawned process per env
     render: RenderConfig = RenderConfig()
 
-    @field_validator("tasks")
+    @field_validator("tasks", "cameras")
     @classmethod
-    def _unique_tasks(cls, tasks: list[str]) -> list[str]:
-        if len(set(tasks)) != len(tasks):
-            raise ValueError("tasks must not repeat")
-        return tasks
+    def _unique(cls, values: list[str]) -> list[str]:
+        if len(set(values)) != len(values):
+            raise ValueError("entries must not repeat")
+        return values
+
+    @field_validator("train_seeds")
+    @classmethod
+    def _seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+            raise ValueError("train seeds must be distinct and >= 0")
+        return seeds
 
     @model_validator(mode="after")
-    def _check_tasks_and_camera(self) -> "EnvConfig":
+    def _check_tasks_cameras_splits(self) -> "EnvConfig":
         from vla_pipeline.envs.tasks import check_camera_name, check_task_names
 
         if self.suite == "custom":
@@ -68,18 +81,40 @@ class EnvConfig(Section):
             check_task_names(self.tasks)
         elif self.tasks:
             raise ValueError("'tasks' is only read when suite is 'custom'")
-        check_camera_name(self.camera)
+        for camera in self.cameras:
+            check_camera_name(camera)
+        # The three splits must not share a seed: a shared seed shares all 50 configurations.
+        if self.validation_seed == self.test_seed:
+            raise ValueError("env.validation_seed and env.test_seed must differ")
+        for name in ("validation_seed", "test_seed"):
+            if getattr(self, name) in self.train_seeds:
+                raise ValueError(f"env.{name} {getattr(self, name)} is also a train seed")
         return self
 
 
 class DemosConfig(Section):
-    """Scripted-expert demonstrations (collect_demos stage)."""
+    """Scripted-expert demonstrations (collect_demos stage), spread over the train configurations."""
 
     episodes_per_task: int = Field(20, ge=1)
+    task_episodes: dict[str, int] = Field(default_factory=dict)  # per-task overrides of episodes_per_task
+    frame_every: int = Field(1, ge=1)  # render a frame every N steps (each frame is one SFT sample)
     action_noise: float = Field(0.1, ge=0.0, le=1.0)  # Gaussian std, clipped to [-1, 1]
     seed: int = Field(0, ge=0)
     only_successes: bool = True  # keep only episodes the expert solved
     rows_per_row_group: int = Field(2048, ge=1)
+
+    @field_validator("task_episodes")
+    @classmethod
+    def _counts(cls, counts: dict[str, int]) -> dict[str, int]:
+        from vla_pipeline.envs.tasks import check_task_names
+
+        check_task_names(list(counts))
+        if any(n < 1 for n in counts.values()):
+            raise ValueError("episode counts must be >= 1")
+        return counts
+
+    def episodes_for(self, task: str) -> int:
+        return self.task_episodes.get(task, self.episodes_per_task)
 
 
 class VisionConfig(Section):
@@ -87,6 +122,11 @@ class VisionConfig(Section):
     embedding_size: int = Field(32, ge=1)
     hidden_sizes: list[int] = Field(default_factory=lambda: [32, 64, 128, 256], min_length=1)
     depths: list[int] = Field(default_factory=lambda: [1, 1, 1, 1], min_length=1)
+    coord_channels: bool = False  # append x/y coordinate planes to the pixels (CoordConv)
+    # What the fusion gets per camera: the last feature map as a grid of tokens, or
+    # spatial-softmax keypoints (expected x/y of `keypoints` learned feature maps, robomimic-style).
+    tokens: Literal["grid", "keypoints"] = "grid"
+    keypoints: int = Field(32, ge=1)
 
     @model_validator(mode="after")
     def _same_length(self) -> "VisionConfig":
@@ -118,6 +158,9 @@ class PolicyConfig(Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     init_log_std: float = Field(math.log(0.25), ge=-10, le=2)
     value_stop_gradient: bool = True  # critic does not train the shared trunk
+    # Diagnosis only, never a default: append the object and goal xyz from MetaWorld's state
+    # to the proprio input (PRIVILEGED). Separates "cannot see the goal" from "cannot act".
+    privileged_state: bool = False
     vision: VisionConfig = VisionConfig()
     text: TextConfig = TextConfig()
 
@@ -146,6 +189,15 @@ class SFTConfig(Section):
     num_threads: int = Field(2, ge=1)
     log_every: int = Field(50, ge=1)
     max_skipped_batches: int = Field(0, ge=0)  # non-finite batches tolerated before failing
+    # Every task equally often in a batch (else rows are drawn uniformly, so tasks with long
+    # or many demos dominate and reach, the shortest, is the rarest).
+    task_balance: bool = True
+    # Early stopping on the validation split: every `validate_every` steps roll the policy out
+    # on `validation_episodes` configurations per task; stop after `patience` checks without a
+    # new best and keep the best weights (0 = train `steps` and keep the last weights).
+    validate_every: int = Field(0, ge=0)
+    validation_episodes: int = Field(5, ge=1, le=50)
+    patience: int = Field(2, ge=1)
 
     @field_validator("device")
     @classmethod
@@ -154,12 +206,23 @@ class SFTConfig(Section):
             raise ValueError("device must be 'cpu' or 'cuda[:N]'")
         return device
 
+    @model_validator(mode="after")
+    def _validation_on_log_steps(self) -> "SFTConfig":
+        if self.validate_every and self.validate_every % self.log_every:
+            raise ValueError("sft.validate_every must be a multiple of sft.log_every (one curve row per check)")
+        return self
+
 
 class EvaluateConfig(Section):
-    """The fixed evaluation protocol (ARCHITECTURE section 7)."""
+    """The fixed evaluation protocol (ARCHITECTURE section 7): one list of episodes per split.
 
-    episodes_heldout: int = Field(10, ge=0)  # per task, on held-out variations
-    episodes_seen: int = Field(5, ge=0)  # per task, on train variations
+    Each split draws distinct configurations of its seed (`env.test_seed`, `env.validation_seed`,
+    and the train seeds), so at most 50 per task for test and validation.
+    """
+
+    episodes_test: int = Field(30, ge=1, le=50)  # per task, MT1(task, env.test_seed)
+    episodes_validation: int = Field(20, ge=1, le=50)  # per task, MT1(task, env.validation_seed)
+    episodes_train: int = Field(5, ge=1)  # per task, configurations the demos and RL drew from
     seed: int = Field(1000, ge=0)
     deterministic: bool = True  # act with the mean of the action head
     videos: int = Field(3, ge=0)  # rollout videos per checkpoint
@@ -167,11 +230,7 @@ class EvaluateConfig(Section):
     num_threads: int = Field(2, ge=1)
     device: str = "cpu"
 
-    @model_validator(mode="after")
-    def _some_episodes(self) -> "EvaluateConfig":
-        if self.episodes_heldout + self.episodes_seen < 1:
-            raise ValueError("episodes_heldout + episodes_seen must be at least 1")
-        return self
+    _device = field_validator("device")(SFTConfig._device.__func__)
 
 
 class PPOConfig(Section):
@@ -197,16 +256,20 @@ class PPOConfig(Section):
     # (sparse reward) into full-size policy steps; off by default.
     normalize_advantages: bool = False
     logprob: Literal["chunk", "step"] = "chunk"  # one ratio per chunk, or per executed step
-    # Training episodes: `uniform` round-robin over tasks, or `failures`: tasks drawn in
-    # proportion to their recent failure rate (last `task_window` episodes, at least `task_floor`).
-    task_sampling: Literal["uniform", "failures"] = "uniform"
+    # Training episodes: `uniform` round-robin over tasks; `failures`: tasks drawn in proportion
+    # to their recent failure rate; `uncertain`: in proportion to p(1-p) of the recent success
+    # rate p, where sparse-reward PPO has signal (last `task_window` episodes, at least `task_floor`).
+    task_sampling: Literal["uniform", "failures", "uncertain"] = "uniform"
     task_floor: float = Field(0.1, gt=0.0, le=1.0)
     task_window: int = Field(20, ge=1)
     # Training horizon (None: env.max_episode_steps). Shorter = more episodes per iteration;
     # evaluation always uses env.max_episode_steps.
     max_episode_steps: Optional[int] = Field(None, ge=1, le=500)
     freeze_backbone: bool = False  # iRe-VLA's RL phase: only heads (and critic) train
-    seed: int = Field(0, ge=0)
+    # Weight of the clipped PPO policy term; 0 keeps the same rollouts and self-BC but drops PPO
+    # (the ablation that shows what PPO itself adds).
+    policy_coef: float = Field(1.0, ge=0.0)
+    seed: int = Field(0, ge=0)  # each round draws its own streams from (seed, round name)
     device: str = "cpu"
     num_threads: int = Field(2, ge=1)
     max_skipped_batches: int = Field(0, ge=0)
@@ -225,6 +288,7 @@ class BCConfig(Section):
     weight_max: float = Field(10.0, gt=0.0)
     batch_size: int = Field(64, ge=1)
     loss: Literal["mse", "nll"] = "mse"
+    task_balance: bool = True  # every task equally often in a BC batch
 
     @model_validator(mode="after")
     def _bounds(self) -> "BCConfig":
@@ -244,6 +308,7 @@ class BufferConfig(Section):
 class RoundConfig(Section):
     policy_in: str  # "sft" or an earlier round
     buffer_in: str  # "demos" or an earlier round
+    test: bool = False  # also evaluate on the test split (the final round); else validation only
 
 
 SECTIONS: dict[str, type[Section]] = {

@@ -1,13 +1,15 @@
 """Column and batch keys shared by the data, model, env and RL code."""
 
 # --- Parquet buffer columns (one row per env step) -------------------------------------
-EPISODE = "episode"  # int64, unique inside a snapshot
+EPISODE = "episode"  # int64, unique inside a shard
 STEP = "step"  # int32, env step inside the episode
 TASK = "task"  # MetaWorld env name, e.g. "reach-v3"
-VARIATION = "variation"  # int16, index into MT1(task, seed).train_tasks
+VARIATION_SEED = "variation_seed"  # int32, seed S of metaworld.MT1(task, seed=S)
+VARIATION = "variation"  # int16, index into MT1(task, seed=S).train_tasks
 INSTRUCTION = "instruction"
-IMAGE = "image"  # PNG bytes, H x W x 3, right way up
+IMAGE_PREFIX = "image_"  # one column per camera, "image_<camera>": PNG bytes, right way up
 PROPRIO = "proprio"  # float32[4]: hand xyz + gripper opening
+STATE = "state"  # float32[39]: MetaWorld's full state (privileged: diagnosis ablations only)
 ACTION = "action"  # float32[4], the action executed at this step
 REWARD = "reward"  # float32
 SUCCESS = "success"  # bool, success flag after this step
@@ -17,20 +19,25 @@ SOURCE = "source"  # "expert", or the round that produced the episode
 EPISODE_LENGTH = "episode_length"  # int32, steps in the episode
 STEPS_TO_SUCCESS = "steps_to_success"  # int32, -1 if the episode never succeeded
 
-BUFFER_COLUMNS = (
-    EPISODE, STEP, TASK, VARIATION, INSTRUCTION, IMAGE, PROPRIO, ACTION, REWARD,
-    SUCCESS, TERMINATED, TRUNCATED, SOURCE, EPISODE_LENGTH, STEPS_TO_SUCCESS,
-)
+
+def image_column(camera: str) -> str:
+    return IMAGE_PREFIX + camera
+
 
 # --- model batch keys -----------------------------------------------------------------
-OBS_IMAGE = "image"  # uint8 (B, H, W, 3)
+OBS_IMAGE = "image"  # uint8 (B, V, H, W, 3): one frame per camera (V views)
 OBS_PROPRIO = "proprio"  # float32 (B, 4), raw (unnormalised)
+OBS_STATE = "state"  # float32 (B, 39): read only by a policy built with `privileged_state`
 OBS_TASK_INDEX = "task_index"  # int64 (B,), index into the policy's instruction table
 ACTION_CHUNK = "actions"  # float32 (B, K, 4), raw env actions
 ACTION_MASK = "action_mask"  # float32 (B, K), 1 where the target action exists
 
 ACTION_DIM = 4
 PROPRIO_DIM = 4
+STATE_DIM = 39
+# Privileged diagnosis features taken from the state: the first object's xyz and the goal xyz.
+PRIVILEGED_SLICES = ((4, 7), (36, 39))
+PRIVILEGED_DIM = sum(b - a for a, b in PRIVILEGED_SLICES)
 
 # --- files ----------------------------------------------------------------------------
 MANIFEST_FILE = "manifest.json"

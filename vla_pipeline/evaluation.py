@@ -1,8 +1,11 @@
 """The fixed evaluation protocol (ARCHITECTURE section 7) and its metrics.
 
-A fixed list of (task, variation, seed) per split; per task and overall: success rate with
-a 95% Wilson interval, mean steps to success (successes only), mean episode length with
-failures counted at the horizon. The scripted expert on the same list is the ceiling row.
+Three splits, each a fixed list of (task, configuration, seed): `test` (configurations of
+`env.test_seed`, touched only for reported numbers), `validation` (`env.validation_seed`, for
+choosing settings) and `train` (configurations the demos and RL drew from). Per task and per
+split: success rate with a 95% Wilson interval, mean steps to success (successes only), mean
+episode length with failures counted at the horizon. The headline is the test split's mean
+over tasks. The scripted expert on the same list is the ceiling row.
 """
 
 from __future__ import annotations
@@ -16,16 +19,49 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vla_pipeline.config import EnvConfig, EvaluateConfig
-from vla_pipeline.envs.chunk_env import ChunkEnv, EpisodeQueue, evaluation_episodes
+from vla_pipeline.envs.chunk_env import ChunkEnv, EpisodeQueue
 from vla_pipeline.envs.experts import run_expert_episode
 from vla_pipeline.envs.sim import TaskSim
-from vla_pipeline.envs.tasks import EpisodeSpec, resolve_tasks
+from vla_pipeline.envs.tasks import SPLITS, EpisodeSpec, resolve_tasks, split_configurations
 from vla_pipeline.envs.vector import make_chunk_vector_env, reset_done, split_round_robin, sum_counters
+
+
+def episodes_per_split(eval_cfg: EvaluateConfig) -> dict[str, int]:
+    return {"test": eval_cfg.episodes_test, "validation": eval_cfg.episodes_validation,
+            "train": eval_cfg.episodes_train}
+
+
+def evaluation_episodes(cfg: EnvConfig, eval_cfg: EvaluateConfig, splits: Sequence[str] = SPLITS) -> list[EpisodeSpec]:
+    """The fixed list of episodes: same params -> same list, whichever splits are asked for.
+
+    Each (task, split) draws distinct configurations of its split with its own random
+    stream, so the validation episodes are the same whether or not test is evaluated too.
+    """
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"unknown splits {unknown}; choose from {', '.join(SPLITS)}")
+    counts = episodes_per_split(eval_cfg)
+    episodes = []
+    for t, task in enumerate(resolve_tasks(cfg)):
+        for s, split in enumerate(SPLITS):
+            if split not in splits:
+                continue
+            rng = np.random.default_rng([eval_cfg.seed, t, s])
+            pool = split_configurations(cfg, split)
+            picks = rng.permutation(len(pool))[:counts[split]]
+            if len(picks) < counts[split]:
+                raise ValueError(f"evaluate: {counts[split]} {split} episodes per task, but the split has "
+                                 f"only {len(pool)} configurations")
+            for i in picks:
+                config = pool[int(i)]
+                episodes.append(EpisodeSpec(task, config.seed, config.index, int(rng.integers(2**31)), split))
+    return episodes
 
 
 @dataclass
 class EpisodeResult:
     task: str
+    variation_seed: int
     variation: int
     split: str
     seed: int
@@ -58,23 +94,22 @@ def summarize(results: Sequence[EpisodeResult], horizon: int) -> dict:
 
 
 def build_metrics(results: Sequence[EpisodeResult], tasks: Sequence[str], horizon: int, header: dict) -> dict:
-    """Overall numbers are means over tasks (the MT10 convention); per task and per split."""
+    """One section per evaluated split (`test` first: the headline). Overall numbers are means
+    over tasks (the MT10 convention); every split has the same episodes per task, so the
+    Wilson interval of the pooled episodes is the interval of that mean."""
     metrics: dict = dict(header)
     per_task = {}
+    splits = [s for s in SPLITS if any(r.split == s for r in results)]
     for task in tasks:
         task_results = [r for r in results if r.task == task]
-        per_task[task] = {"all": summarize(task_results, horizon)}
-        for split in ("heldout", "train"):
-            part = [r for r in task_results if r.split == split]
-            if part:
-                per_task[task][split] = summarize(part, horizon)
+        per_task[task] = {split: summarize([r for r in task_results if r.split == split], horizon)
+                          for split in splits}
     metrics["tasks"] = per_task
-    for split in ("all", "heldout", "train"):
-        rows = [per_task[t][split] for t in tasks if split in per_task[t]]
-        if not rows:
-            continue
+    metrics["splits"] = splits
+    for split in splits:
+        rows = [per_task[t][split] for t in tasks]
         steps = [r["steps_to_success"] for r in rows if r["steps_to_success"] is not None]
-        pooled = [r for r in results if split == "all" or r.split == split]
+        pooled = [r for r in results if r.split == split]
         metrics[split] = {
             "success": float(np.mean([r["success"] for r in rows])),
             "success_ci95": list(wilson_interval(sum(r.success for r in pooled), len(pooled))),
@@ -90,8 +125,6 @@ def task_table(metrics: dict, name: str) -> list[dict]:
     rows = []
     for task, splits in metrics["tasks"].items():
         for split, s in splits.items():
-            if split == "all":
-                continue
             rows.append({"policy": name, "task": task, "split": split, "success": s["success"],
                          "ci95_low": s["success_ci95"][0], "ci95_high": s["success_ci95"][1],
                          "steps_to_success": s["steps_to_success"], "episodes": s["episodes"]})
@@ -121,8 +154,9 @@ def run_episodes(envs, act: ActFn, total: int, desc: str = "episodes") -> tuple[
                 success_step = int(info["success_step"][i])
                 key = (i, seen_per_env[i])
                 seen_per_env[i] += 1
-                results.append((key, EpisodeResult(specs[i].task, specs[i].variation, specs[i].split,
-                                                   specs[i].seed, success_step > 0, success_step,
+                spec = specs[i]
+                results.append((key, EpisodeResult(spec.task, spec.variation_seed, spec.variation, spec.split,
+                                                   spec.seed, success_step > 0, success_step,
                                                    int(info["episode_step"][i]))))
                 done[i] = True
                 bar.update(1)
@@ -141,14 +175,15 @@ def run_episodes(envs, act: ActFn, total: int, desc: str = "episodes") -> tuple[
 def _spec_from_info(info: dict, i: int) -> EpisodeSpec | None:
     if bool(info["idle"][i]):
         return None
-    return EpisodeSpec(str(info["task"][i]), int(info["variation"][i]), int(info["episode_seed"][i]),
-                       str(info["split"][i]))
+    return EpisodeSpec(str(info["task"][i]), int(info["variation_seed"][i]), int(info["variation"][i]),
+                       int(info["episode_seed"][i]), str(info["split"][i]))
 
 
-def evaluate_policy(policy, env_cfg: EnvConfig, eval_cfg: EvaluateConfig, gamma: float = 0.99):
+def evaluate_policy(policy, env_cfg: EnvConfig, eval_cfg: EvaluateConfig, splits: Sequence[str] = SPLITS,
+                    gamma: float = 0.99, desc: str = "evaluate"):
     import torch
 
-    episodes = evaluation_episodes(env_cfg, eval_cfg.episodes_seen, eval_cfg.episodes_heldout, eval_cfg.seed)
+    episodes = evaluation_episodes(env_cfg, eval_cfg, splits)
     n_envs = min(env_cfg.num_envs, len(episodes))
     queues = [EpisodeQueue(part) for part in split_round_robin(episodes, n_envs)]
     generator = torch.Generator().manual_seed(eval_cfg.seed)
@@ -158,23 +193,25 @@ def evaluate_policy(policy, env_cfg: EnvConfig, eval_cfg: EvaluateConfig, gamma:
 
     envs = make_chunk_vector_env(env_cfg, policy.config.chunk_len, gamma, queues, env_cfg.vector)
     try:
-        return run_episodes(envs, act, len(episodes), desc="evaluate")
+        return run_episodes(envs, act, len(episodes), desc=desc)
     finally:
         envs.close()
 
 
-def evaluate_expert(env_cfg: EnvConfig, eval_cfg: EvaluateConfig) -> tuple[list[EpisodeResult], dict]:
+def evaluate_expert(env_cfg: EnvConfig, eval_cfg: EvaluateConfig,
+                    splits: Sequence[str] = SPLITS) -> tuple[list[EpisodeResult], dict]:
     """The scripted expert (no noise, no rendering) on the same fixed list: the ceiling row."""
     started = time.perf_counter()
-    episodes = evaluation_episodes(env_cfg, eval_cfg.episodes_seen, eval_cfg.episodes_heldout, eval_cfg.seed)
+    episodes = evaluation_episodes(env_cfg, eval_cfg, splits)
     results, sims = [], {}
     try:
         for spec in tqdm(episodes, desc="expert", unit="ep", mininterval=2.0):
             if spec.task not in sims:
                 sims[spec.task] = TaskSim(spec.task, env_cfg, render=False)
-            ep = run_expert_episode(sims[spec.task], spec, action_noise=0.0, render=False)
+            ep = run_expert_episode(sims[spec.task], spec, action_noise=0.0, frame_every=None)
             s = ep.steps_to_success
-            results.append(EpisodeResult(spec.task, spec.variation, spec.split, spec.seed, s > 0, s, ep.length))
+            results.append(EpisodeResult(spec.task, spec.variation_seed, spec.variation, spec.split, spec.seed,
+                                         s > 0, s, ep.length))
     finally:
         for sim in sims.values():
             sim.close()
@@ -182,11 +219,12 @@ def evaluate_expert(env_cfg: EnvConfig, eval_cfg: EvaluateConfig) -> tuple[list[
     return results, {"env_steps": steps, "renders": 0, "seconds": time.perf_counter() - started}
 
 
-def record_videos(policy, env_cfg: EnvConfig, eval_cfg: EvaluateConfig, count: int) -> list[tuple[EpisodeSpec, list[np.ndarray], bool]]:
-    """Re-run a few listed held-out episodes in-process, rendering every step for video."""
+def record_videos(policy, env_cfg: EnvConfig, eval_cfg: EvaluateConfig, count: int,
+                  split: str) -> list[tuple[EpisodeSpec, list[np.ndarray], bool]]:
+    """Re-run a few listed episodes of `split` in-process, rendering every step for video."""
     import torch
 
-    episodes = evaluation_episodes(env_cfg, eval_cfg.episodes_seen, eval_cfg.episodes_heldout, eval_cfg.seed)
+    episodes = evaluation_episodes(env_cfg, eval_cfg, [split])
     tasks = resolve_tasks(env_cfg)
     by_task = [next(e for e in episodes if e.task == t) for t in tasks]
     stride = max(1, len(by_task) // max(count, 1))
@@ -210,14 +248,15 @@ def record_videos(policy, env_cfg: EnvConfig, eval_cfg: EvaluateConfig, count: i
 
 
 def write_video(path, frames: Sequence[np.ndarray], scale: int, fps: int = 20) -> None:
+    """Frames are (V, H, W, 3): the cameras side by side, scaled up by `scale`."""
     import imageio.v3 as iio
 
-    big = [np.kron(f, np.ones((scale, scale, 1), np.uint8)) for f in frames]
+    big = [np.kron(np.concatenate(list(f), axis=1), np.ones((scale, scale, 1), np.uint8)) for f in frames]
     iio.imwrite(path, np.stack(big), fps=fps, codec="libx264", macro_block_size=1)
 
 
 # ---------------------------------------------------------------- paired comparison
-EPISODE_KEY = ("task", "variation", "split", "seed")
+EPISODE_KEY = ("task", "variation_seed", "variation", "split", "seed")
 
 
 def episode_records(results: Sequence[EpisodeResult]) -> list[dict]:
@@ -250,15 +289,30 @@ def _paired_counts(pairs: Sequence[tuple[dict, dict]]) -> dict:
 
 
 def paired_comparison(base: Sequence[dict], new: Sequence[dict]) -> dict:
-    """Compare two evaluations episode by episode; both must come from the same episode list."""
+    """Compare two evaluations episode by episode, per split both evaluated.
+
+    A split evaluated by both must hold the same episodes in both (same evaluate/env
+    params); a split only one of them ran (e.g. an intermediate round evaluated on
+    validation only) is left out and listed.
+    """
     key = lambda r: tuple(r[k] for k in EPISODE_KEY)  # noqa: E731
-    base_by_key = {key(r): r for r in base}
-    new_by_key = {key(r): r for r in new}
-    if base_by_key.keys() != new_by_key.keys():
-        missing = sorted(base_by_key.keys() ^ new_by_key.keys())[:3]
-        raise ValueError(f"the two evaluations ran different episode lists (e.g. {missing}); "
-                         "compare only results of the same evaluate/env params")
-    pairs = [(base_by_key[k], new_by_key[k]) for k in base_by_key]
-    tasks = sorted({k[0] for k in base_by_key})
-    return {"all": _paired_counts(pairs),
-            "tasks": {t: _paired_counts([p for p in pairs if p[0]["task"] == t]) for t in tasks}}
+    out: dict = {"splits": [], "skipped_splits": []}
+    for split in SPLITS:
+        base_by_key = {key(r): r for r in base if r["split"] == split}
+        new_by_key = {key(r): r for r in new if r["split"] == split}
+        if not base_by_key or not new_by_key:
+            if base_by_key or new_by_key:
+                out["skipped_splits"].append(split)
+            continue
+        if base_by_key.keys() != new_by_key.keys():
+            missing = sorted(base_by_key.keys() ^ new_by_key.keys())[:3]
+            raise ValueError(f"the two evaluations ran different {split} episodes (e.g. {missing}); "
+                             "compare only results of the same evaluate/env params")
+        pairs = [(base_by_key[k], new_by_key[k]) for k in base_by_key]
+        tasks = sorted({k[0] for k in base_by_key})
+        out["splits"].append(split)
+        out[split] = _paired_counts(pairs)
+        out[split]["tasks"] = {t: _paired_counts([p for p in pairs if p[0]["task"] == t]) for t in tasks}
+    if not out["splits"]:
+        raise ValueError("the two evaluations share no split")
+    return out

@@ -1,43 +1,30 @@
-"""Supervised warm start: clone a[t:t+K] from (image, instruction, proprio) at t."""
+"""Supervised warm start: clone a[t:t+K] from (images, instruction, proprio) at t.
+
+Batches are task-balanced by default (every task equally often, whatever its demo count or
+episode length). With `sft.validate_every`, the policy is rolled out on validation
+configurations every so many steps; training stops once validation success has not risen
+for `patience` checks, and the best weights are kept.
+"""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from vla_pipeline import constants as C
 from vla_pipeline.config import Params
 from vla_pipeline.data.snapshot import StepTable
 from vla_pipeline.data.windows import ChunkWindows
 from vla_pipeline.errors import PipelineError
 from vla_pipeline.policies.vla import VLAPolicy
-from vla_pipeline.rl.bc import masked_chunk_loss
+from vla_pipeline.rl.bc import batch_to_tensors, bc_loss_on_batch
 
-
-def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
-    """DrQ-style augmentation: replicate-pad by `pad` pixels and crop back at random offsets."""
-    if pad == 0:
-        return images
-    b, c, h, w = images.shape
-    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad), mode="replicate")
-    offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator)
-    return torch.stack([padded[i, :, y:y + h, x:x + w] for i, (y, x) in enumerate(offsets.tolist())])
-
-
-def batch_to_tensors(batch: dict, device: str) -> dict:
-    return {key: torch.as_tensor(value, device=device) for key, value in batch.items()}
-
-
-def bc_loss_on_batch(policy: VLAPolicy, batch: dict, loss_kind: str, shift: int,
-                     generator: torch.Generator) -> torch.Tensor:
-    pixels = random_shift(policy.preprocess_images(batch[C.OBS_IMAGE]), shift, generator)
-    out = policy(images=None, pixels=pixels, proprio=batch[C.OBS_PROPRIO], task_index=batch[C.OBS_TASK_INDEX])
-    target = policy.normalize_actions(batch[C.ACTION_CHUNK])
-    return masked_chunk_loss(out.action_mean, out.action_log_std, target, batch[C.ACTION_MASK], loss_kind)
+Validator = Callable[[VLAPolicy], dict]  # -> {"success": MT10 mean, ...}
 
 
 @dataclass
@@ -45,20 +32,40 @@ class TrainResult:
     curve: list[dict]
     skipped_batches: int
     final_loss: float
+    best_step: int  # the step whose weights were kept
+    validation: Optional[dict] = None  # the kept weights' validation result
 
 
-def train_sft(policy: VLAPolicy, table: StepTable, params: Params) -> TrainResult:
+def validation_rollouts(params: Params) -> Validator:
+    """Roll the policy out on the first `sft.validation_episodes` validation configurations per task."""
+    from vla_pipeline.evaluation import evaluate_policy
+
+    eval_cfg = params.evaluate.model_copy(update={"episodes_validation": params.sft.validation_episodes})
+
+    def validate(policy: VLAPolicy) -> dict:
+        results, _ = evaluate_policy(policy, params.env, eval_cfg, ["validation"], desc="sft validation")
+        tasks = sorted({r.task for r in results})
+        per_task = [np.mean([r.success for r in results if r.task == t]) for t in tasks]
+        wins = [r.steps_to_success for r in results if r.success]
+        return {"success": float(np.mean(per_task)), "steps_to_success": float(np.mean(wins)) if wins else None}
+
+    return validate
+
+
+def train_sft(policy: VLAPolicy, table: StepTable, params: Params, validate: Optional[Validator] = None) -> TrainResult:
     cfg = params.sft
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    policy.set_normalization(table.proprio, table.action)
+    policy.set_normalization(policy.proprio_features(table.proprio, table.state), table.action)
     policy.to(cfg.device).train()
-    windows = ChunkWindows(table, policy.config.chunk_len, policy.config.task_names)
+    windows = ChunkWindows(table, policy.config.chunk_len, policy.config.task_names, balance_tasks=cfg.task_balance)
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = get_cosine_schedule_with_warmup(optimizer, min(cfg.warmup_steps, cfg.steps), cfg.steps)
     curve, skipped, running = [], 0, []
+    best = {"score": -1.0, "step": cfg.steps, "state": None, "validation": None, "stale": 0}
+    checking = validate is not None and cfg.validate_every > 0
     bar = tqdm(range(1, cfg.steps + 1), desc="sft", unit="step", mininterval=2.0, dynamic_ncols=True)
     for step in bar:
         rows = windows.sample(rng, cfg.batch_size)
@@ -84,5 +91,30 @@ def train_sft(policy: VLAPolicy, table: StepTable, params: Params) -> TrainResul
             curve.append({"step": step, "loss": mean_loss, "lr": schedule.get_last_lr()[0]})
             bar.set_postfix(loss=f"{mean_loss:.4f}")
             running = []
+        if checking and (step % cfg.validate_every == 0 or step == cfg.steps):
+            _validation_check(policy, validate, step, best, curve)
+            if best["stale"] >= cfg.patience:
+                break  # no new best for `patience` checks
+            policy.train()
+    if checking and best["state"] is not None:
+        policy.load_state_dict(best["state"])
     policy.eval()
-    return TrainResult(curve, skipped, curve[-1]["loss"] if curve else float("nan"))
+    final_loss = next((c["loss"] for c in reversed(curve) if "loss" in c), float("nan"))
+    return TrainResult(curve, skipped, final_loss, best["step"] if checking else step, best["validation"])
+
+
+def _validation_check(policy: VLAPolicy, validate: Validator, step: int, best: dict, curve: list[dict]) -> None:
+    """Roll out on validation configurations; remember the best weights."""
+    policy.eval()
+    result = validate(policy)
+    record = {"step": step, "validation_success": result["success"],
+              "validation_steps_to_success": result["steps_to_success"]}
+    if curve and curve[-1]["step"] == step:
+        curve[-1].update(record)
+    else:
+        curve.append(record)
+    if result["success"] > best["score"]:
+        best.update(score=result["success"], step=step, validation=result, stale=0,
+                    state=copy.deepcopy(policy.state_dict()))
+    else:
+        best["stale"] += 1

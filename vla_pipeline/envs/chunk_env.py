@@ -15,9 +15,11 @@ import gymnasium as gym
 import numpy as np
 
 from vla_pipeline.config import EnvConfig
-from vla_pipeline.constants import ACTION_DIM, OBS_IMAGE, OBS_PROPRIO, OBS_TASK_INDEX, PROPRIO_DIM
+from vla_pipeline.constants import (
+    ACTION_DIM, OBS_IMAGE, OBS_PROPRIO, OBS_STATE, OBS_TASK_INDEX, PROPRIO_DIM, STATE_DIM,
+)
 from vla_pipeline.envs.sim import TaskSim
-from vla_pipeline.envs.tasks import EpisodeSpec, heldout_variations, resolve_tasks, train_variations
+from vla_pipeline.envs.tasks import Configuration, EpisodeSpec, resolve_tasks
 
 
 @dataclass
@@ -29,6 +31,7 @@ class ChunkResult:
     terminated: bool
     truncated: bool
     proprios: list[np.ndarray] = field(default_factory=list)  # before each executed step
+    states: list[np.ndarray] = field(default_factory=list)  # MetaWorld state before each step
     actions: list[np.ndarray] = field(default_factory=list)  # executed (clipped) actions
     successes: list[bool] = field(default_factory=list)  # success flag after each step
 
@@ -44,10 +47,11 @@ def execute_chunk(
     if actions.ndim != 2 or actions.shape[1] != ACTION_DIM or len(actions) < 1:
         raise ValueError(f"expected an action chunk of shape (K>=1, {ACTION_DIM}), got {actions.shape}")
     rewards: list[float] = []
-    proprios, executed, successes = [], [], []
+    proprios, states, executed, successes = [], [], [], []
     success = terminated = truncated = False
     for action in actions:
         proprios.append(sim.proprio())
+        states.append(sim.state_vector())
         executed.append(np.clip(action, -1.0, 1.0).astype(np.float32))
         out = sim.step(action)
         rewards.append(out.reward)
@@ -60,7 +64,7 @@ def execute_chunk(
             break
     discounted = float(sum(r * gamma**i for i, r in enumerate(rewards)))
     return ChunkResult(len(rewards), discounted, rewards, success, terminated, truncated,
-                       proprios, executed, successes)
+                       proprios, states, executed, successes)
 
 
 def _pad(values: list, length: int, width: int | None = None) -> np.ndarray:
@@ -78,7 +82,7 @@ class EpisodeQueue:
     episodes: Sequence[EpisodeSpec] = ()
     cycle_seed: Optional[int] = None
     tasks: Sequence[str] = ()
-    variations: Sequence[int] = ()
+    configurations: Sequence[Configuration] = ()  # drawn uniformly for every task
     offset: int = 0  # where this env starts in the round-robin over tasks
     # Set: draw each task with these probabilities instead of round-robin (a curriculum).
     task_weights: Optional[Sequence[float]] = None
@@ -97,15 +101,16 @@ class EpisodeQueue:
         else:
             task = self.tasks[int(rng.choice(len(self.tasks), p=np.asarray(self.task_weights)))]
         self._cursor += 1
-        variation = int(rng.choice(np.asarray(self.variations)))
-        return EpisodeSpec(task, variation, int(rng.integers(2**31)), "train")
+        config = self.configurations[int(rng.integers(len(self.configurations)))]
+        return EpisodeSpec(task, config.seed, config.index, int(rng.integers(2**31)), "train")
 
 
 class ChunkEnv(gym.Env):
     """A MetaWorld multi-task env whose action is a chunk of K actions.
 
-    Observation: right-way-up RGB image, proprio (hand xyz + gripper), and the task's index
-    (the policy maps it to the task's instruction). Episodes come from an `EpisodeQueue`;
+    Observation: one right-way-up RGB image per camera, proprio (hand xyz + gripper), the
+    MetaWorld state (read only by privileged diagnosis policies), and the task's index (the
+    policy maps it to the task's instruction). Episodes come from an `EpisodeQueue`;
     when it runs dry the env idles (`info["idle"]`) so vector envs can keep stepping.
     """
 
@@ -123,9 +128,11 @@ class ChunkEnv(gym.Env):
         self.queue = queue
         self.record_frames = record_frames
         size = self.cfg.image_size
+        views = len(self.cfg.cameras)
         self.observation_space = gym.spaces.Dict({
-            OBS_IMAGE: gym.spaces.Box(0, 255, (size, size, 3), np.uint8),
+            OBS_IMAGE: gym.spaces.Box(0, 255, (views, size, size, 3), np.uint8),
             OBS_PROPRIO: gym.spaces.Box(-np.inf, np.inf, (PROPRIO_DIM,), np.float32),
+            OBS_STATE: gym.spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32),
             OBS_TASK_INDEX: gym.spaces.Discrete(len(self.tasks)),
         })
         self.action_space = gym.spaces.Box(-1.0, 1.0, (chunk_len, ACTION_DIM), np.float32)
@@ -152,20 +159,23 @@ class ChunkEnv(gym.Env):
         return {
             OBS_IMAGE: image,
             OBS_PROPRIO: self._sim.proprio(),
+            OBS_STATE: self._sim.state_vector(),
             OBS_TASK_INDEX: self.tasks.index(self._sim.task),
         }
 
     def _idle_obs(self) -> dict:
         size = self.cfg.image_size
         return {
-            OBS_IMAGE: np.zeros((size, size, 3), np.uint8),
+            OBS_IMAGE: np.zeros((len(self.cfg.cameras), size, size, 3), np.uint8),
             OBS_PROPRIO: np.zeros(PROPRIO_DIM, np.float32),
+            OBS_STATE: np.zeros(STATE_DIM, np.float32),
             OBS_TASK_INDEX: 0,
         }
 
     def _episode_info(self) -> dict:
         spec = self._spec
         return {"idle": spec is None, "task": spec.task if spec else "",
+                "variation_seed": spec.variation_seed if spec else -1,
                 "variation": spec.variation if spec else -1, "split": spec.split if spec else "",
                 "episode_seed": spec.seed if spec else -1}
 
@@ -179,7 +189,7 @@ class ChunkEnv(gym.Env):
         if self._spec.task not in self.tasks:
             raise ValueError(f"task {self._spec.task} is not in this env's task list")
         self._sim = self._sim_for(self._spec.task)
-        self._sim.reset(self._spec.variation)
+        self._sim.reset(self._spec.variation_seed, self._spec.variation)
         return self._observe(), self._episode_info()
 
     def step(self, action):
@@ -188,6 +198,7 @@ class ChunkEnv(gym.Env):
             k = self.chunk_len
             info.update(steps=0, success=False, episode_step=0, success_step=-1,
                         chunk_proprio=np.zeros((k, PROPRIO_DIM), np.float32),
+                        chunk_states=np.zeros((k, STATE_DIM), np.float32),
                         chunk_actions=np.zeros((k, ACTION_DIM), np.float32),
                         chunk_rewards=np.zeros(k, np.float32), chunk_successes=np.zeros(k, np.float32))
             return self._idle_obs(), 0.0, False, False, info
@@ -200,6 +211,7 @@ class ChunkEnv(gym.Env):
         info.update(steps=result.steps, success=result.success, episode_step=self._sim.t,
                     success_step=self._sim.success_step,
                     chunk_proprio=_pad(result.proprios, self.chunk_len, PROPRIO_DIM),
+                    chunk_states=_pad(result.states, self.chunk_len, STATE_DIM),
                     chunk_actions=_pad(result.actions, self.chunk_len, ACTION_DIM),
                     chunk_rewards=_pad(result.rewards, self.chunk_len),
                     chunk_successes=_pad(result.successes, self.chunk_len))
@@ -220,17 +232,3 @@ class ChunkEnv(gym.Env):
             sim.close()
         self._sims.clear()
         self._sim = None
-
-
-def evaluation_episodes(cfg: EnvConfig, episodes_seen: int, episodes_heldout: int, seed: int) -> list[EpisodeSpec]:
-    """The fixed list of (task, variation, seed): same params -> same list, every time."""
-    episodes = []
-    seen, heldout = train_variations(cfg), heldout_variations(cfg)
-    for t, task in enumerate(resolve_tasks(cfg)):
-        rng = np.random.default_rng([seed, t])
-        for split, pool, n in (("heldout", heldout, episodes_heldout), ("train", seen, episodes_seen)):
-            # Distinct variations while there are enough, then with replacement.
-            picks = rng.permutation(pool)[:n] if n <= len(pool) else rng.choice(pool, n)
-            for variation in picks:
-                episodes.append(EpisodeSpec(task, int(variation), int(rng.integers(2**31)), split))
-    return episodes

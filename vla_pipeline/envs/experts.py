@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
+from vla_pipeline.data.episode import Episode, encode_views
 from vla_pipeline.envs.sim import TaskSim
 from vla_pipeline.envs.tasks import EpisodeSpec
 
@@ -22,51 +21,28 @@ def make_expert(task: str):
     return ENV_POLICY_MAP[task]()
 
 
-@dataclass
-class Episode:
-    """A finished episode: per-step frames (optional), proprio, actions and outcomes."""
+def run_expert_episode(sim: TaskSim, spec: EpisodeSpec, action_noise: float, frame_every: int | None,
+                       instruction: str = "", source: str = "expert") -> Episode:
+    """One scripted-expert episode; Gaussian action noise (clipped) widens the demo states.
 
-    spec: EpisodeSpec
-    images: list[np.ndarray] = field(default_factory=list)  # observation before each step
-    proprios: list[np.ndarray] = field(default_factory=list)
-    actions: list[np.ndarray] = field(default_factory=list)
-    rewards: list[float] = field(default_factory=list)
-    successes: list[bool] = field(default_factory=list)
-    terminated: bool = False
-    truncated: bool = False
-
-    @property
-    def length(self) -> int:
-        return len(self.actions)
-
-    @property
-    def steps_to_success(self) -> int:
-        """1-based step at which success was first flagged; -1 if never."""
-        for i, s in enumerate(self.successes):
-            if s:
-                return i + 1
-        return -1
-
-
-def run_expert_episode(sim: TaskSim, spec: EpisodeSpec, action_noise: float, render: bool) -> Episode:
-    """One scripted-expert episode; Gaussian action noise (clipped) widens the demo states."""
+    `frame_every`: render (and PNG-encode) the cameras every N steps, starting at step 0;
+    None renders nothing (the evaluation ceiling needs no pixels).
+    """
     expert = make_expert(spec.task)
     rng = np.random.default_rng(spec.seed)
-    state = sim.reset(spec.variation)
-    episode = Episode(spec)
+    state = sim.reset(spec.variation_seed, spec.variation)
+    episode = Episode(spec.task, spec.variation_seed, spec.variation, instruction, source)
     while True:
-        if render:
-            episode.images.append(sim.render())
-        episode.proprios.append(sim.proprio())
+        frames = ()
+        if frame_every is not None and sim.t % frame_every == 0:
+            frames = encode_views(sim.render())
+        proprio, state_vector = sim.proprio(), sim.state_vector()
         action = np.asarray(expert.get_action(state), dtype=np.float64)
         if action_noise > 0:
             action = action + rng.normal(0.0, action_noise, size=action.shape)
         action = np.clip(action, -1.0, 1.0).astype(np.float32)
         out = sim.step(action)
-        episode.actions.append(action)
-        episode.rewards.append(out.reward)
-        episode.successes.append(out.success)
+        episode.add_step(frames, proprio, state_vector, action, out.reward, out.success)
         state = out.state
         if out.terminated or out.truncated:
-            episode.terminated, episode.truncated = out.terminated, out.truncated
-            return episode
+            return episode.finish(out.terminated, out.truncated)

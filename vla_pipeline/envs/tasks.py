@@ -81,19 +81,40 @@ def resolve_tasks(cfg: "EnvConfig") -> list[str]:
     return tasks
 
 
-def train_variations(cfg: "EnvConfig") -> list[int]:
-    return list(range(cfg.train_variations))
+SPLITS = ("test", "validation", "train")  # in the order reports show them
 
 
-def heldout_variations(cfg: "EnvConfig") -> list[int]:
-    return list(range(cfg.train_variations, NUM_VARIATIONS))
+@dataclass(frozen=True, order=True)
+class Configuration:
+    """One object/goal placement: entry `index` of `metaworld.MT1(task, seed=seed).train_tasks`."""
+
+    seed: int
+    index: int
+
+
+def split_configurations(cfg: "EnvConfig", split: str) -> list[Configuration]:
+    """Every configuration of a split (per task; the same seeds serve every task)."""
+    if split == "train":
+        seeds = list(cfg.train_seeds)
+    elif split == "validation":
+        seeds = [cfg.validation_seed]
+    elif split == "test":
+        seeds = [cfg.test_seed]
+    else:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    return [Configuration(seed, i) for seed in seeds for i in range(NUM_VARIATIONS)]
 
 
 @dataclass(frozen=True)
 class EpisodeSpec:
-    """One episode to run: which task, which of its 50 variations, which noise seed."""
+    """One episode to run: which task, which configuration, which noise seed, which split."""
 
     task: str
-    variation: int
+    variation_seed: int  # MT1 seed of the configuration
+    variation: int  # index of the configuration among that seed's 50
     seed: int
-    split: str = "train"  # "train" (seen variations) or "heldout"
+    split: str = "train"
+
+    @property
+    def configuration(self) -> Configuration:
+        return Configuration(self.variation_seed, self.variation)

@@ -7,16 +7,7 @@ from vla_pipeline.envs.tasks import instruction_for
 from vla_pipeline.errors import PipelineError
 from vla_pipeline.policies.vla import VLAConfig, VLAPolicy
 from vla_pipeline.policies.vla.configuration_vla import default_text_config, default_vision_config
-
-
-def env_spec(env: EnvConfig) -> dict:
-    """What the policy was trained to see; recorded in the checkpoint and checked at use."""
-    from vla_pipeline.checkpoint import software_versions
-
-    versions = software_versions()
-    return {"camera": env.camera, "image_size": env.image_size, "render": env.render.model_dump(),
-            "variation_seed": env.variation_seed, "train_variations": env.train_variations,
-            "metaworld": versions["metaworld"], "mujoco": versions["mujoco"]}
+from vla_pipeline.provenance import env_spec
 
 
 def _pretrained_config(name_or_path: str, what: str) -> dict:
@@ -31,17 +22,23 @@ def _pretrained_config(name_or_path: str, what: str) -> dict:
 def build_policy(policy: PolicyConfig, env: EnvConfig, tasks: list[str]) -> VLAPolicy:
     vision_config = default_vision_config()
     vision_config.update(embedding_size=policy.vision.embedding_size,
-                         hidden_sizes=list(policy.vision.hidden_sizes), depths=list(policy.vision.depths))
+                         hidden_sizes=list(policy.vision.hidden_sizes), depths=list(policy.vision.depths),
+                         num_channels=3 + (2 if policy.vision.coord_channels else 0))
     text_config = default_text_config()
     text_config.update(d_model=policy.text.d_model, num_layers=policy.text.num_layers,
                        num_heads=policy.text.num_heads, d_kv=policy.text.d_model // policy.text.num_heads,
                        d_ff=2 * policy.text.d_model)
     if policy.vision.pretrained:
+        if policy.vision.coord_channels:
+            raise PipelineError("policy.vision.coord_channels needs an encoder built from config, "
+                                "not policy.vision.pretrained (its stem takes 3 channels)")
         vision_config = _pretrained_config(policy.vision.pretrained, "vision encoder")
     if policy.text.pretrained:
         text_config = _pretrained_config(policy.text.pretrained, "text encoder")
     config = VLAConfig(
-        chunk_len=policy.chunk_len, image_size=env.image_size, d_model=policy.d_model,
+        chunk_len=policy.chunk_len, image_size=env.image_size, cameras=list(env.cameras),
+        coord_channels=policy.vision.coord_channels, vision_tokens=policy.vision.tokens,
+        keypoints=policy.vision.keypoints, privileged_state=policy.privileged_state, d_model=policy.d_model,
         fusion_layers=policy.fusion_layers, fusion_heads=policy.fusion_heads, fusion_ff=policy.fusion_ff,
         dropout=policy.dropout, init_log_std=policy.init_log_std, value_stop_gradient=policy.value_stop_gradient, vision_config=vision_config,
         text_config=text_config, text_max_length=policy.text.max_length, text_tokens=policy.text.tokens,

@@ -1,10 +1,12 @@
-"""The masked chunk cloning loss, shared by SFT, self-BC and iRe-VLA's supervised phase."""
+"""Behaviour cloning on action chunks, shared by SFT, self-BC and iRe-VLA's supervised phase."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+
+from vla_pipeline import constants as C
 
 
 def masked_chunk_loss(mean: torch.Tensor, log_std: torch.Tensor, target: torch.Tensor,
@@ -23,3 +25,30 @@ def masked_chunk_loss(mean: torch.Tensor, log_std: torch.Tensor, target: torch.T
     else:
         raise ValueError(f"unknown loss kind {kind!r}")
     return (per_step * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def random_shift(pixels: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """DrQ-style augmentation of (B, V, C, H, W): replicate-pad by `pad` pixels and crop back
+    at a random offset, drawn independently for every image."""
+    if pad == 0:
+        return pixels
+    shape = pixels.shape
+    flat = pixels.flatten(0, 1)
+    n, _, h, w = flat.shape
+    padded = torch.nn.functional.pad(flat, (pad, pad, pad, pad), mode="replicate")
+    offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
+    shifted = torch.stack([padded[i, :, y:y + h, x:x + w] for i, (y, x) in enumerate(offsets.tolist())])
+    return shifted.reshape(shape)
+
+
+def batch_to_tensors(batch: dict, device: str) -> dict:
+    return {key: torch.as_tensor(value, device=device) for key, value in batch.items()}
+
+
+def bc_loss_on_batch(policy, batch: dict, loss_kind: str, shift: int, generator: torch.Generator) -> torch.Tensor:
+    """The cloning loss of a chunk-window batch (`data.windows.ChunkWindows.batch`)."""
+    pixels = random_shift(policy.preprocess_images(batch[C.OBS_IMAGE]), shift, generator)
+    out = policy(images=None, pixels=pixels, proprio=batch[C.OBS_PROPRIO], state=batch[C.OBS_STATE],
+                 task_index=batch[C.OBS_TASK_INDEX])
+    target = policy.normalize_actions(batch[C.ACTION_CHUNK])
+    return masked_chunk_loss(out.action_mean, out.action_log_std, target, batch[C.ACTION_MASK], loss_kind)

@@ -12,13 +12,14 @@ from typing import Iterable
 
 import numpy as np
 
-from vla_pipeline.data.snapshot import EncodedEpisode, decode_episodes, decode_frames
+from vla_pipeline.data.episode import Episode
+from vla_pipeline.data.snapshot import StepTable, decode_frame, decode_steps, episodes_to_table
 
 
 @dataclass
 class _Entry:
     order: int  # admission counter: older entries win ties
-    episode: EncodedEpisode
+    episode: Episode
 
 
 class SelfBCBuffer:
@@ -35,10 +36,10 @@ class SelfBCBuffer:
         # buffer after each admission cost ~40% of a CPU round.
         self._decoded: dict[int, np.ndarray] = {}
 
-    def _slot_key(self, ep: EncodedEpisode) -> tuple:
-        return (ep.task,) if self.key == "task" else (ep.task, ep.variation)
+    def _slot_key(self, ep: Episode) -> tuple:
+        return (ep.task,) if self.key == "task" else (ep.task, ep.variation_seed, ep.variation)
 
-    def offer(self, episode: EncodedEpisode) -> bool:
+    def offer(self, episode: Episode) -> bool:
         """Admit a successful episode if there is room or it beats the slot's longest."""
         if episode.steps_to_success <= 0:
             return False
@@ -56,7 +57,7 @@ class SelfBCBuffer:
         self.changed_tasks.add(episode.task)
         return True
 
-    def seed(self, episodes: Iterable[EncodedEpisode]) -> set[str]:
+    def seed(self, episodes: Iterable[Episode]) -> set[str]:
         """Fill from an existing snapshot (in its order) without marking tasks as changed.
 
         Returns the tasks where some episode was not admitted: their content now differs
@@ -76,11 +77,11 @@ class SelfBCBuffer:
             out += sorted(self._slots[key], key=lambda e: e.order)
         return out
 
-    def episodes(self) -> list[EncodedEpisode]:
+    def episodes(self) -> list[Episode]:
         return [e.episode for e in self._entries()]
 
-    def episodes_by_task(self) -> dict[str, list[EncodedEpisode]]:
-        by_task: dict[str, list[EncodedEpisode]] = {}
+    def episodes_by_task(self) -> dict[str, list[Episode]]:
+        by_task: dict[str, list[Episode]] = {}
         for ep in self.episodes():
             by_task.setdefault(ep.task, []).append(ep)
         return by_task
@@ -100,12 +101,25 @@ class SelfBCBuffer:
                 "mean_length": float(np.mean(lengths)) if lengths else None,
                 "self_episodes": sum(ep.source != "expert" for ep in eps)}
 
-    def step_table(self, image_shape: tuple[int, int, int]):
+    def step_table(self, cameras: tuple[str, ...], image_shape: tuple[int, int, int]) -> StepTable:
         """Decoded training view of the current content (frames decoded once per entry)."""
         entries = self._entries()
         live = {e.order for e in entries}
         self._decoded = {order: f for order, f in self._decoded.items() if order in live}
         for e in entries:
-            if e.order not in self._decoded or self._decoded[e.order].shape[1:] != tuple(image_shape):
-                self._decoded[e.order] = decode_frames(e.episode, image_shape)
-        return decode_episodes([e.episode for e in entries], image_shape, [self._decoded[e.order] for e in entries])
+            if e.order not in self._decoded or self._decoded[e.order].shape[2:] != tuple(image_shape):
+                self._decoded[e.order] = _decode_episode(e.episode, len(cameras), image_shape)
+        episodes = [e.episode for e in entries]
+        images = np.concatenate([self._decoded[e.order] for e in entries])
+        return decode_steps(episodes_to_table(episodes, cameras, image_shape), cameras, image_shape,
+                            "self-BC buffer", images)
+
+
+def _decode_episode(ep: Episode, views: int, image_shape: tuple[int, int, int]) -> np.ndarray:
+    """(length, V, H, W, 3); a corrupt frame is a clear error naming the episode."""
+    out = np.zeros((ep.length, views, *image_shape), np.uint8)
+    for t, frames in enumerate(ep.frames):
+        for v, data in enumerate(frames):
+            out[t, v] = decode_frame(data, image_shape, f"buffer episode ({ep.task}, configuration "
+                                     f"{ep.variation_seed}/{ep.variation}, source {ep.source}) step {t} view {v}")
+    return out

@@ -1,10 +1,12 @@
-"""Which task the next training episode runs: uniform, or where the policy still fails.
+"""Which task the next training episode runs: uniform, where the policy fails, or where it
+sometimes succeeds.
 
 With sparse reward a task the policy already solves every time gives PPO almost nothing
-to learn from (advantages ~0), while the failing tasks see a handful of episodes per
-round. `failures` draws each new episode's task with probability proportional to the
-task's recent failure rate, floored so that solved tasks keep being visited (their steps
-to success still improve, and PPO must not drift on them unseen).
+to learn from (advantages ~0), and so does a task it never solves. `failures` draws each
+new episode's task in proportion to the task's recent failure rate 1 - p; `uncertain` in
+proportion to p (1 - p), the variance of the success signal, which peaks where some
+episodes succeed and others do not. Both are floored so that every task keeps being
+visited (steps to success still improve, and PPO must not drift on a task unseen).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 
 class TaskCurriculum:
     def __init__(self, tasks: Sequence[str], mode: str, floor: float, window: int):
-        if mode not in ("uniform", "failures"):
+        if mode not in ("uniform", "failures", "uncertain"):
             raise ValueError(f"unknown task sampling {mode!r}")
         self.tasks, self.mode, self.floor = list(tasks), mode, floor
         self._recent = {task: deque(maxlen=window) for task in self.tasks}
@@ -34,5 +36,7 @@ class TaskCurriculum:
         """Task probabilities, or None for the env's balanced round-robin."""
         if self.mode == "uniform":
             return None
-        raw = np.array([max(1.0 - self.success_estimate(t), self.floor) for t in self.tasks])
+        p = np.array([self.success_estimate(t) for t in self.tasks])
+        signal = 1.0 - p if self.mode == "failures" else p * (1.0 - p)
+        raw = np.maximum(signal, self.floor)
         return (raw / raw.sum()).tolist()

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
+from vla_pipeline.policies.distributions import gaussian_entropy, step_log_probs
 
-def step_log_probs(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    """log N(a | mean, std) summed over action dims: (B, K, A) -> (B, K)."""
-    var = (2 * log_std).exp()
-    return (-0.5 * (actions - mean).pow(2) / var - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+__all__ = ["chunk_log_prob", "explained_variance", "gaussian_entropy", "ppo_loss", "step_log_probs"]
 
 
 def chunk_log_prob(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor,
                    step_mask: torch.Tensor) -> torch.Tensor:
     """Joint log-prob of the executed steps only: the unexecuted tail never touched the env."""
     return (step_log_probs(mean, log_std, actions) * step_mask).sum(-1)
-
-
-def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
-    """Entropy of the whole chunk distribution (state-independent std)."""
-    return (log_std + 0.5 * math.log(2 * math.pi * math.e)).sum()
 
 
 @dataclass
@@ -39,7 +31,8 @@ class PPOTerms:
 def ppo_loss(new_log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
              new_values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, log_std: torch.Tensor,
              clip: float, value_clip: float | None, value_coef: float, entropy_coef: float,
-             normalize_advantages: bool = True) -> PPOTerms:
+             normalize_advantages: bool = True, policy_coef: float = 1.0) -> PPOTerms:
+    """Clipped surrogate (weighted by `policy_coef`; 0 drops the PPO term) + value loss - entropy."""
     if normalize_advantages and advantages.numel() > 1:
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
     log_ratio = new_log_prob - old_log_prob
@@ -52,7 +45,7 @@ def ppo_loss(new_log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages:
     else:
         value_loss = 0.5 * (new_values - returns).pow(2).mean()
     entropy = gaussian_entropy(log_std)
-    loss = policy_loss + value_coef * value_loss - entropy_coef * entropy
+    loss = policy_coef * policy_loss + value_coef * value_loss - entropy_coef * entropy
     with torch.no_grad():
         approx_kl = ((ratio - 1) - log_ratio).mean()  # the low-variance k3 estimator
         clip_fraction = ((ratio - 1).abs() > clip).float().mean()

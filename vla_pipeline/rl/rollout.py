@@ -2,46 +2,27 @@
 
 One decision per chunk: the env renders once, the policy samples K actions, the env runs
 them open loop. Episodes keep running across iterations (the collector owns the envs).
-Finished episodes come back as `EncodedEpisode`s with a frame only at decision points.
+Finished episodes come back as `Episode`s with a frame only at decision points.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from vla_pipeline import constants as C
-from vla_pipeline.data.snapshot import EncodedEpisode, encode_png
+from vla_pipeline.data.episode import Episode, encode_views
 from vla_pipeline.envs.vector import reset_done
 from vla_pipeline.rl.storage import RolloutBatch, chunk_gae
 
 
-@dataclass
-class _OpenEpisode:
-    task: str
-    variation: int
-    images: list = field(default_factory=list)
-    proprios: list = field(default_factory=list)
-    actions: list = field(default_factory=list)
-    rewards: list = field(default_factory=list)
-    successes: list = field(default_factory=list)
-
-    def add_chunk(self, image: np.ndarray, info: dict, i: int, steps: int) -> None:
-        frame = encode_png(image)
-        for j in range(steps):
-            self.images.append(frame if j == 0 else b"")
-            self.proprios.append(info["chunk_proprio"][i][j])
-            self.actions.append(info["chunk_actions"][i][j])
-            self.rewards.append(float(info["chunk_rewards"][i][j]))
-            self.successes.append(bool(info["chunk_successes"][i][j]))
-
-    def close(self, terminated: bool, truncated: bool, instruction: str, source: str) -> EncodedEpisode:
-        return EncodedEpisode(self.task, self.variation, instruction, source, self.images,
-                              np.asarray(self.proprios, np.float32), np.asarray(self.actions, np.float32),
-                              np.asarray(self.rewards, np.float32), np.asarray(self.successes, bool),
-                              terminated, truncated)
+def add_chunk(episode: Episode, views: np.ndarray, info: dict, i: int, steps: int) -> None:
+    """Append one executed chunk of env i: the decision frame at its first step only."""
+    frames = encode_views(views)
+    for j in range(steps):
+        episode.add_step(frames if j == 0 else (), info["chunk_proprio"][i][j], info["chunk_states"][i][j],
+                         info["chunk_actions"][i][j], float(info["chunk_rewards"][i][j]),
+                         bool(info["chunk_successes"][i][j]))
 
 
 class ChunkCollector:
@@ -51,21 +32,21 @@ class ChunkCollector:
         self.open = [self._new_episode(info, i) for i in range(envs.num_envs)]
         self.env_steps = 0
 
-    @staticmethod
-    def _new_episode(info: dict, i: int) -> _OpenEpisode:
-        return _OpenEpisode(str(info["task"][i]), int(info["variation"][i]))
+    def _new_episode(self, info: dict, i: int) -> Episode:
+        return Episode(str(info["task"][i]), int(info["variation_seed"][i]), int(info["variation"][i]),
+                       source=self.source)
 
     @torch.no_grad()
     def _values(self, policy, obs: dict) -> np.ndarray:
         return policy(**policy.obs_to_tensors(obs)).value.cpu().numpy().astype(np.float64)
 
     @torch.no_grad()
-    def collect(self, policy, lockstep_steps: int) -> tuple[RolloutBatch, list[EncodedEpisode], dict]:
+    def collect(self, policy, lockstep_steps: int) -> tuple[RolloutBatch, list[Episode], dict]:
         n, k = self.envs.num_envs, policy.config.chunk_len
-        keys = ("images", "proprio", "task_index", "actions", "step_log_probs", "values", "rewards",
+        keys = ("images", "proprio", "state", "task_index", "actions", "step_log_probs", "values", "rewards",
                 "steps", "terminated", "truncated", "next_values")
         store = {key: [] for key in keys}
-        finished: list[EncodedEpisode] = []
+        finished: list[Episode] = []
         instructions = policy.config.instructions
         for _ in range(lockstep_steps):
             out = policy.act(self.obs, deterministic=False, generator=self.generator, with_log_probs=True)
@@ -75,6 +56,7 @@ class ChunkCollector:
             if truncated.any():  # bootstrap from the final observation of cut episodes
                 next_values[truncated] = self._values(policy, _subset(next_obs, truncated))
             for key, value in (("images", self.obs[C.OBS_IMAGE]), ("proprio", self.obs[C.OBS_PROPRIO]),
+                               ("state", self.obs[C.OBS_STATE]),
                                ("task_index", self.obs[C.OBS_TASK_INDEX]), ("actions", out["actions_normalized"]),
                                ("step_log_probs", out["step_log_probs"]), ("values", out["value"]),
                                ("rewards", rewards), ("steps", steps), ("terminated", terminated),
@@ -82,11 +64,10 @@ class ChunkCollector:
                 store[key].append(np.asarray(value).copy())
             done = terminated | truncated
             for i in range(n):
-                self.open[i].add_chunk(self.obs[C.OBS_IMAGE][i], info, i, int(steps[i]))
+                add_chunk(self.open[i], self.obs[C.OBS_IMAGE][i], info, i, int(steps[i]))
                 if done[i]:
-                    task_id = int(self.obs[C.OBS_TASK_INDEX][i])
-                    finished.append(self.open[i].close(bool(terminated[i]), bool(truncated[i]),
-                                                       instructions[task_id], self.source))
+                    self.open[i].instruction = instructions[int(self.obs[C.OBS_TASK_INDEX][i])]
+                    finished.append(self.open[i].finish(bool(terminated[i]), bool(truncated[i])))
             self.env_steps += int(steps.sum())
             self.obs = next_obs
             if done.any():
@@ -106,6 +87,7 @@ class ChunkCollector:
         step_mask = (np.arange(k)[None, None, :] < arrays["steps"][..., None]).astype(np.float32)
         batch = RolloutBatch(
             images=flat(arrays["images"]), proprio=flat(arrays["proprio"]).astype(np.float32),
+            state=flat(arrays["state"]).astype(np.float32),
             task_index=flat(arrays["task_index"]).astype(np.int64), actions=flat(arrays["actions"]).astype(np.float32),
             step_mask=flat(step_mask), log_probs=flat(arrays["step_log_probs"]).astype(np.float32),
             values=flat(arrays["values"]).astype(np.float32), advantages=flat(advantages).astype(np.float32),

@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from vla_pipeline.config import Params
-from vla_pipeline.data.snapshot import EncodedEpisode, load_episodes, read_manifest, write_snapshot
+from vla_pipeline.data.episode import Episode
+from vla_pipeline.data.snapshot import load_episodes, read_manifest, write_snapshot
 from vla_pipeline.errors import PipelineError
 from vla_pipeline.rl.buffer import SelfBCBuffer
 
@@ -26,6 +27,13 @@ def buffer_dir(name: str, root: Path = DATA) -> Path:
 
 def rollouts_dir(name: str, root: Path = DATA) -> Path:
     return root / "rollouts" / name
+
+
+def round_seed(params: Params, round_name: str) -> int:
+    """Each round draws its own random streams: (ppo.seed, round name) -> a seed."""
+    import zlib
+
+    return (params.ppo.seed * 1_000_003 + zlib.crc32(round_name.encode())) % 2**31
 
 
 def round_item(params: Params, round_name: str):
@@ -47,7 +55,7 @@ def open_buffer(params: Params, buffer_in: str, snapshot: Path) -> tuple[SelfBCB
     return buffer, differs
 
 
-def replay_successes(buffer: SelfBCBuffer, rollouts: dict[str, list[EncodedEpisode]]) -> None:
+def replay_successes(buffer: SelfBCBuffer, rollouts: dict[str, list[Episode]]) -> None:
     """Offer a round's successes in collection order (per task, which is all admission sees)."""
     for task in sorted(rollouts):
         for ep in rollouts[task]:
@@ -55,7 +63,7 @@ def replay_successes(buffer: SelfBCBuffer, rollouts: dict[str, list[EncodedEpiso
 
 
 def write_buffer(out_dir: Path, buffer: SelfBCBuffer, source_snapshot: Path | None, filtered: set[str],
-                 provenance: dict, image_shape: tuple) -> dict:
+                 provenance: dict, cameras: tuple, image_shape: tuple) -> dict:
     """Snapshot the buffer; tasks it did not change reuse the source shard byte-for-byte."""
     by_task = buffer.episodes_by_task()
     reusable = set()
@@ -63,4 +71,4 @@ def write_buffer(out_dir: Path, buffer: SelfBCBuffer, source_snapshot: Path | No
         shards = read_manifest(source_snapshot)["shards"]
         reusable = {t for t in by_task if f"{t}.parquet" in shards} - buffer.changed_tasks - filtered
     plan = {task: (None if task in reusable else eps) for task, eps in by_task.items()}
-    return write_snapshot(out_dir, plan, image_shape, provenance, reuse_from=source_snapshot)
+    return write_snapshot(out_dir, plan, cameras, image_shape, provenance, reuse_from=source_snapshot)

@@ -39,8 +39,9 @@ def chunk_gae(rewards: np.ndarray, values: np.ndarray, next_values: np.ndarray, 
 class RolloutBatch:
     """One PPO iteration's decisions, flattened to (D, ...) after GAE."""
 
-    images: np.ndarray  # (D, H, W, 3) uint8
+    images: np.ndarray  # (D, V, H, W, 3) uint8
     proprio: np.ndarray  # (D, 4)
+    state: np.ndarray  # (D, 39): read only by a privileged policy
     task_index: np.ndarray  # (D,)
     actions: np.ndarray  # (D, K, A) sampled, normalised, unclipped
     step_mask: np.ndarray  # (D, K) 1 for executed steps

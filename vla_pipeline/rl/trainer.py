@@ -15,20 +15,21 @@ import torch
 from tqdm.auto import tqdm
 
 from vla_pipeline.config import EnvConfig, Params
-from vla_pipeline.data.snapshot import EncodedEpisode
+from vla_pipeline.data.episode import Episode
 from vla_pipeline.data.windows import ChunkWindows
 from vla_pipeline.envs.chunk_env import EpisodeQueue
-from vla_pipeline.envs.tasks import resolve_tasks, train_variations
+from vla_pipeline.envs.tasks import resolve_tasks, split_configurations
 from vla_pipeline.envs.vector import make_chunk_vector_env
 from vla_pipeline.errors import PipelineError
 from vla_pipeline.policies.vla import VLAPolicy
+from vla_pipeline.rl.bc import batch_to_tensors, bc_loss_on_batch
 from vla_pipeline.rl.buffer import SelfBCBuffer
 from vla_pipeline.rl.curriculum import TaskCurriculum
 from vla_pipeline.rl.ppo import chunk_log_prob, explained_variance, ppo_loss, step_log_probs
 from vla_pipeline.rl.rollout import ChunkCollector
+from vla_pipeline.rl.rounds import round_seed
 from vla_pipeline.rl.storage import RolloutBatch
 from vla_pipeline.rl.weighting import BCWeight
-from vla_pipeline.sft import batch_to_tensors, bc_loss_on_batch
 
 HEAD_MODULES = ("action_head",)
 VALUE_MODULES = ("value_head",)
@@ -57,7 +58,7 @@ def parameter_groups(policy: VLAPolicy, params: Params) -> list[dict]:
 @dataclass
 class RoundResult:
     curve: list[dict]
-    successes: list[EncodedEpisode]  # every successful training episode, in collection order
+    successes: list[Episode]  # every successful training episode, in collection order
     buffer: SelfBCBuffer
     counters: dict
 
@@ -66,13 +67,15 @@ class PPOTrainer:
     def __init__(self, policy: VLAPolicy, buffer: SelfBCBuffer, params: Params, round_name: str):
         self.policy, self.buffer, self.params, self.round_name = policy, buffer, params, round_name
         self.cfg = params.ppo
-        self.rng = np.random.default_rng([self.cfg.seed, 1])
-        self.generator = torch.Generator().manual_seed(self.cfg.seed)
+        self.seed = round_seed(params, round_name)
+        self.rng = np.random.default_rng([self.seed, 1])
+        self.generator = torch.Generator().manual_seed(self.seed)
         self.optimizer = torch.optim.AdamW(parameter_groups(policy, params), weight_decay=0.0, eps=1e-5)
         self.trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
         bc = params.bc
         self.weight = BCWeight(bc.weight_rule, bc.weight, lr=bc.dual_lr, w_min=bc.weight_min, w_max=bc.weight_max)
         self.image_shape = (params.env.image_size, params.env.image_size, 3)
+        self.cameras = tuple(params.env.cameras)
         self._windows: ChunkWindows | None = None
         self._windows_version = -1
         self.skipped = 0
@@ -82,8 +85,9 @@ class PPOTrainer:
         if not self.weight.active or len(self.buffer) == 0:
             return None
         if self._windows is None or self._windows_version != self.buffer.version:
-            table = self.buffer.step_table(self.image_shape)
-            self._windows = ChunkWindows(table, self.policy.config.chunk_len, self.policy.config.task_names)
+            table = self.buffer.step_table(self.cameras, self.image_shape)
+            self._windows = ChunkWindows(table, self.policy.config.chunk_len, self.policy.config.task_names,
+                                         balance_tasks=self.params.bc.task_balance)
             self._windows_version = self.buffer.version
         return self._windows
 
@@ -147,7 +151,8 @@ class PPOTrainer:
     def _minibatch_loss(self, batch: RolloutBatch, idx: np.ndarray, windows):
         cfg, policy = self.cfg, self.policy
         t = lambda a: torch.as_tensor(a[idx], device=cfg.device)  # noqa: E731
-        out = policy(images=t(batch.images), proprio=t(batch.proprio), task_index=t(batch.task_index))
+        out = policy(images=t(batch.images), proprio=t(batch.proprio), state=t(batch.state),
+                     task_index=t(batch.task_index))
         actions, mask, old_step_lp = t(batch.actions), t(batch.step_mask), t(batch.log_probs)
         advantages = t(batch.advantages)
         if cfg.logprob == "chunk":
@@ -160,7 +165,8 @@ class PPOTrainer:
             old_lp = old_step_lp[executed]
             adv = advantages[:, None].expand_as(mask)[executed]
         terms = ppo_loss(new_lp, old_lp, adv, out.value, t(batch.values), t(batch.returns), out.action_log_std,
-                         cfg.clip, cfg.value_clip, cfg.value_coef, cfg.entropy_coef, cfg.normalize_advantages)
+                         cfg.clip, cfg.value_clip, cfg.value_coef, cfg.entropy_coef, cfg.normalize_advantages,
+                         policy_coef=cfg.policy_coef)
         bc_loss = self.bc_loss(windows) if windows is not None else None
         return terms, bc_loss
 
@@ -179,9 +185,10 @@ class PPOTrainer:
                 f"without writing a checkpoint (ppo.max_skipped_batches={self.cfg.max_skipped_batches})")
 
 
-def training_queues(params: Params, n_envs: int) -> list[EpisodeQueue]:
-    tasks, variations = resolve_tasks(params.env), train_variations(params.env)
-    return [EpisodeQueue(cycle_seed=params.ppo.seed * 1000 + i, tasks=tasks, variations=variations,
+def training_queues(params: Params, n_envs: int, seed: int) -> list[EpisodeQueue]:
+    """Training episodes draw from the train configurations only (never validation or test)."""
+    tasks, configurations = resolve_tasks(params.env), split_configurations(params.env, "train")
+    return [EpisodeQueue(cycle_seed=seed * 1000 + i, tasks=tasks, configurations=configurations,
                          offset=(i * len(tasks)) // n_envs) for i in range(n_envs)]
 
 
@@ -193,7 +200,7 @@ def training_env_config(params: Params) -> EnvConfig:
 
 def run_round(policy: VLAPolicy, buffer: SelfBCBuffer, params: Params, round_name: str) -> RoundResult:
     cfg = params.ppo
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(round_seed(params, round_name))
     policy.to(cfg.device)
     trainer = PPOTrainer(policy, buffer, params, round_name)
     start_bc = trainer.measure_bc_loss()
@@ -202,7 +209,7 @@ def run_round(policy: VLAPolicy, buffer: SelfBCBuffer, params: Params, round_nam
     n_envs = params.env.num_envs
     lockstep = -(-cfg.decisions_per_iteration // n_envs)
     envs = make_chunk_vector_env(training_env_config(params), policy.config.chunk_len, cfg.gamma,
-                                 training_queues(params, n_envs), params.env.vector)
+                                 training_queues(params, n_envs, trainer.seed), params.env.vector)
     curriculum = TaskCurriculum(resolve_tasks(params.env), cfg.task_sampling, cfg.task_floor, cfg.task_window)
     curve, successes = [], []
     timing = {"collect_seconds": 0.0, "update_seconds": 0.0}  # printed, never stored in outputs

@@ -7,7 +7,7 @@ from typing import Optional
 
 from transformers import PretrainedConfig
 
-from vla_pipeline.constants import ACTION_DIM, PROPRIO_DIM
+from vla_pipeline.constants import ACTION_DIM, PRIVILEGED_DIM, PROPRIO_DIM
 
 BYT5_VOCAB_SIZE = 384  # 256 bytes + 3 specials + 125 sentinels: the offline byte tokenizer
 
@@ -35,6 +35,11 @@ class VLAConfig(PretrainedConfig):
         action_dim: int = ACTION_DIM,
         proprio_dim: int = PROPRIO_DIM,
         image_size: int = 84,
+        cameras: Optional[list] = None,
+        coord_channels: bool = False,
+        vision_tokens: str = "grid",
+        keypoints: int = 32,
+        privileged_state: bool = False,
         d_model: int = 128,
         fusion_layers: int = 2,
         fusion_heads: int = 4,
@@ -56,6 +61,12 @@ class VLAConfig(PretrainedConfig):
         self.action_dim = action_dim
         self.proprio_dim = proprio_dim
         self.image_size = image_size
+        self.cameras = list(cameras or ["corner4"])  # one view per camera, in this order
+        self.coord_channels = coord_channels  # x/y planes appended to the pixels
+        self.vision_tokens = vision_tokens  # "grid" (feature map cells) or "keypoints" (spatial softmax)
+        self.keypoints = keypoints
+        # Diagnosis only: the object and goal xyz from MetaWorld's state join the proprio input.
+        self.privileged_state = privileged_state
         self.d_model = d_model
         self.fusion_layers = fusion_layers
         self.fusion_heads = fusion_heads
@@ -75,3 +86,7 @@ class VLAConfig(PretrainedConfig):
         # Camera, image size, render flags, MetaWorld/MuJoCo versions the policy was trained with.
         self.env_spec = dict(env_spec or {})
         super().__init__(**kwargs)
+
+    @property
+    def proprio_input_dim(self) -> int:
+        return self.proprio_dim + (PRIVILEGED_DIM if self.privileged_state else 0)

@@ -1,7 +1,9 @@
-"""`VLAPolicy`: image + instruction + proprio -> a Gaussian over a chunk of K actions, and a value.
+"""`VLAPolicy`: images + instruction + proprio -> a Gaussian over a chunk of K actions, and a value.
 
-Tokens (Octo-style): vision tokens from a transformers vision encoder's spatial map, text
-tokens from a transformers T5 encoder, one proprio token, and two learned readout tokens.
+Tokens (Octo-style): vision tokens from a transformers vision encoder shared by every camera
+(the cells of its last feature map, or spatial-softmax keypoints of it, each with a learned
+position-and-camera embedding), text tokens from a transformers T5 encoder, one proprio
+token, and two learned readout tokens.
 A small transformer fuses them; the action head reads the action readout, the critic the
 value readout. Proprio/action normalisation statistics are buffers, so they travel inside
 the safetensors checkpoint.
@@ -19,6 +21,7 @@ from transformers import AutoConfig, AutoModel, ByT5Tokenizer, PreTrainedModel, 
 from transformers.utils import ModelOutput
 
 from vla_pipeline import constants as C
+from vla_pipeline.policies.distributions import step_log_probs
 from vla_pipeline.policies.vla.configuration_vla import VLAConfig
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 1.0
@@ -53,6 +56,34 @@ def mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Linear(d_hidden, d_out))
 
 
+def coordinate_planes(batch: int, height: int, width: int, device) -> torch.Tensor:
+    """(batch, 2, H, W): x and y in [-1, 1] (CoordConv): lets convolutions know where they are."""
+    ys = torch.linspace(-1.0, 1.0, height, device=device)
+    xs = torch.linspace(-1.0, 1.0, width, device=device)
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([grid_x, grid_y]).expand(batch, -1, -1, -1)
+
+
+class SpatialSoftmax(nn.Module):
+    """Keypoints from a feature map: the expected (x, y) of a softmax over each learned map.
+
+    Precise positions of small things (a goal marker) survive however coarse the map is,
+    which is what a few pooled tokens lose (robomimic / Levine et al. 2016).
+    """
+
+    def __init__(self, channels: int, keypoints: int):
+        super().__init__()
+        self.maps = nn.Conv2d(channels, keypoints, kernel_size=1)
+        self.log_temperature = nn.Parameter(torch.zeros(()))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) -> (N, keypoints, 2) in [-1, 1]."""
+        n, _, h, w = features.shape
+        attention = (self.maps(features).flatten(2) / self.log_temperature.exp()).softmax(-1)
+        coords = coordinate_planes(1, h, w, features.device)[0].flatten(1).T  # (h*w, 2)
+        return attention @ coords
+
+
 class VLAPolicy(PreTrainedModel):
     config_class = VLAConfig
     base_model_prefix = "vla"
@@ -63,14 +94,25 @@ class VLAPolicy(PreTrainedModel):
         d = config.d_model
         self.vision = build_vision_encoder(config.vision_config)
         self.text = build_text_encoder(config.text_config)
-        with torch.no_grad():
-            probe = torch.zeros(1, 3, config.image_size, config.image_size)
-            vision_tokens = self._vision_tokens(probe)
-        n_vision, vision_dim = vision_tokens.shape[1], vision_tokens.shape[2]
+        channels = 3 + (2 if config.coord_channels else 0)
+        with torch.no_grad():  # the feature map's shape decides the tokens (eval: BatchNorm on one image)
+            self.vision.eval()
+            probe = self.vision(pixel_values=torch.zeros(1, channels, config.image_size, config.image_size))
+            self.vision.train()
+        feature_map = probe.last_hidden_state
+        vision_dim = feature_map.shape[1] if feature_map.ndim == 4 else feature_map.shape[-1]
         self.vision_proj = nn.Linear(vision_dim, d)
-        self.vision_pos = nn.Parameter(torch.zeros(1, n_vision, d))
+        if config.vision_tokens == "keypoints":
+            if feature_map.ndim != 4:
+                raise ValueError("keypoint tokens need a convolutional vision encoder (a spatial feature map)")
+            self.keypoint_layer = SpatialSoftmax(vision_dim, config.keypoints)
+            self.keypoint_proj = mlp(2, d, d)
+            per_view = config.keypoints + 1  # keypoints + the pooled feature vector
+        else:
+            per_view = feature_map.shape[2] * feature_map.shape[3] if feature_map.ndim == 4 else feature_map.shape[1]
+        self.vision_pos = nn.Parameter(torch.zeros(1, len(config.cameras) * per_view, d))
         self.text_proj = nn.Linear(self.text.config.d_model, d)
-        self.proprio_proj = mlp(config.proprio_dim, d, d)
+        self.proprio_proj = mlp(config.proprio_input_dim, d, d)
         self.readouts = nn.Parameter(torch.zeros(1, 2, d))  # [action, value]
         self.type_embed = nn.Parameter(torch.zeros(4, d))  # vision, text, proprio, readout
         layer = nn.TransformerEncoderLayer(d, config.fusion_heads, config.fusion_ff, config.dropout,
@@ -81,8 +123,8 @@ class VLAPolicy(PreTrainedModel):
         self.value_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
         self.action_log_std = nn.Parameter(torch.full((config.chunk_len, config.action_dim), float(config.init_log_std)))
         # Normalisation statistics (set from data by `set_normalization`).
-        self.register_buffer("proprio_mean", torch.zeros(config.proprio_dim))
-        self.register_buffer("proprio_std", torch.ones(config.proprio_dim))
+        self.register_buffer("proprio_mean", torch.zeros(config.proprio_input_dim))
+        self.register_buffer("proprio_std", torch.ones(config.proprio_input_dim))
         self.register_buffer("action_mean", torch.zeros(config.action_dim))
         self.register_buffer("action_std", torch.ones(config.action_dim))
         ids, mask = tokenize_instructions(config.instructions or [""], config.text_max_length)
@@ -105,10 +147,21 @@ class VLAPolicy(PreTrainedModel):
 
     # ------------------------------------------------------------------ encoders
     def _vision_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
-        hidden = self.vision(pixel_values=pixels).last_hidden_state
-        if hidden.ndim == 4:  # CNN: (B, C, H, W) -> (B, H*W, C)
-            hidden = hidden.flatten(2).transpose(1, 2)
-        return hidden
+        """(B, V, 3, H, W) -> (B, V * tokens per view, d): one shared encoder for all cameras."""
+        batch, views = pixels.shape[:2]
+        flat = pixels.flatten(0, 1)
+        if self.config.coord_channels:
+            flat = torch.cat([flat, coordinate_planes(flat.shape[0], *flat.shape[2:], flat.device)], 1)
+        hidden = self.vision(pixel_values=flat).last_hidden_state
+        if self.config.vision_tokens == "keypoints":
+            keypoints = self.keypoint_proj(self.keypoint_layer(hidden))
+            pooled = self.vision_proj(hidden.mean((2, 3))).unsqueeze(1)
+            tokens = torch.cat([pooled, keypoints], 1)
+        else:
+            if hidden.ndim == 4:  # CNN: (N, C, h, w) -> (N, h*w, C)
+                hidden = hidden.flatten(2).transpose(1, 2)
+            tokens = self.vision_proj(hidden)
+        return tokens.reshape(batch, views * tokens.shape[1], tokens.shape[2])
 
     def _text_tokens(self, task_index, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode instructions; with `task_index`, each distinct instruction is encoded once."""
@@ -127,8 +180,23 @@ class VLAPolicy(PreTrainedModel):
         return hidden, attention_mask
 
     def preprocess_images(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, H, W, 3) -> float (B, 3, H, W) centred around 0."""
-        return (images.permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.25
+        """uint8 (B, V, H, W, 3) -> float (B, V, 3, H, W) centred around 0."""
+        if images.ndim != 5 or images.shape[1] != len(self.config.cameras):
+            raise ValueError(f"expected images (B, {len(self.config.cameras)} cameras, H, W, 3), "
+                             f"got {tuple(images.shape)}")
+        return (images.permute(0, 1, 4, 2, 3).float() / 255.0 - 0.5) / 0.25
+
+    def proprio_features(self, proprio, state=None):
+        """The low-dimensional input: proprio, plus object and goal xyz for a privileged policy.
+
+        Works on numpy arrays (normalisation statistics) and tensors alike.
+        """
+        if not self.config.privileged_state:
+            return proprio
+        if state is None:
+            raise ValueError("this policy was built with privileged_state: it needs the MetaWorld state")
+        parts = [proprio] + [state[:, a:b] for a, b in C.PRIVILEGED_SLICES]
+        return torch.cat(parts, -1) if torch.is_tensor(proprio) else np.concatenate(parts, -1)
 
     def normalize_proprio(self, proprio: torch.Tensor) -> torch.Tensor:
         return (proprio - self.proprio_mean) / self.proprio_std
@@ -155,15 +223,18 @@ class VLAPolicy(PreTrainedModel):
         input_ids: Optional[torch.Tensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
         pixels: Optional[torch.Tensor] = None,
+        state: Optional[torch.Tensor] = None,
     ) -> VLAOutput:
-        """`images` uint8 (B,H,W,3) (or ready `pixels`); text by `task_index` or token ids."""
+        """`images` uint8 (B,V,H,W,3) (or ready `pixels`); text by `task_index` or token ids;
+        `state` (B, 39) is read only by a privileged policy."""
         if pixels is None:
             pixels = self.preprocess_images(images)
         batch = pixels.shape[0]
-        vis = self.vision_proj(self._vision_tokens(pixels)) + self.vision_pos + self.type_embed[0]
+        vis = self._vision_tokens(pixels) + self.vision_pos + self.type_embed[0]
         txt, attention_mask = self._text_tokens(task_index, input_ids, attention_mask)
         txt = txt + self.type_embed[1]
-        pro = self.proprio_proj(self.normalize_proprio(proprio.float())).unsqueeze(1) + self.type_embed[2]
+        low_dim = self.proprio_features(proprio.float(), None if state is None else state.float())
+        pro = self.proprio_proj(self.normalize_proprio(low_dim)).unsqueeze(1) + self.type_embed[2]
         read = self.readouts.expand(batch, -1, -1) + self.type_embed[3]
         tokens = torch.cat([vis, txt, pro, read], dim=1)
         pad = torch.zeros(batch, tokens.shape[1], dtype=torch.bool, device=tokens.device)
@@ -181,11 +252,14 @@ class VLAPolicy(PreTrainedModel):
     # ------------------------------------------------------------------ acting
     def obs_to_tensors(self, obs: dict) -> dict:
         device = self.action_log_std.device
-        return {
+        tensors = {
             "images": torch.as_tensor(np.asarray(obs[C.OBS_IMAGE]), device=device),
             "proprio": torch.as_tensor(np.asarray(obs[C.OBS_PROPRIO], np.float32), device=device),
             "task_index": torch.as_tensor(np.asarray(obs[C.OBS_TASK_INDEX], np.int64), device=device),
         }
+        if C.OBS_STATE in obs:
+            tensors["state"] = torch.as_tensor(np.asarray(obs[C.OBS_STATE], np.float32), device=device)
+        return tensors
 
     @torch.no_grad()
     def act(self, obs: dict, deterministic: bool = True, generator: Optional[torch.Generator] = None,
@@ -206,7 +280,5 @@ class VLAPolicy(PreTrainedModel):
         result = {"actions": actions.cpu().numpy(), "actions_normalized": sample.cpu().numpy(),
                   "value": out.value.cpu().numpy()}
         if with_log_probs:
-            from vla_pipeline.rl.ppo import step_log_probs
-
             result["step_log_probs"] = step_log_probs(mean, log_std, sample).cpu().numpy()
         return result

@@ -1,0 +1,29 @@
+"""What produced an output: software versions and the env a policy or buffer was made for.
+
+Recorded inside checkpoints, snapshots and metrics; never timestamps or host names.
+"""
+
+from __future__ import annotations
+
+import platform
+
+from vla_pipeline.config import EnvConfig
+
+
+def software_versions() -> dict:
+    from importlib.metadata import version
+
+    import mujoco
+    import torch
+
+    return {"metaworld": version("metaworld"), "mujoco": mujoco.__version__,
+            "torch": torch.__version__.split("+")[0], "transformers": version("transformers"),
+            "python": platform.python_version()}
+
+
+def env_spec(env: EnvConfig) -> dict:
+    """What a policy was trained to see; recorded in the checkpoint and checked at use."""
+    versions = software_versions()
+    return {"cameras": list(env.cameras), "image_size": env.image_size, "render": env.render.model_dump(),
+            "train_seeds": list(env.train_seeds), "validation_seed": env.validation_seed,
+            "test_seed": env.test_seed, "metaworld": versions["metaworld"], "mujoco": versions["mujoco"]}
