@@ -51,7 +51,8 @@ def world_up_reference(sim: TaskSim, camera: str) -> np.ndarray:
     model.vis.global_.fovy = model.cam_fovy[cam]
     renderer = mujoco.Renderer(model, ENV.image_size, ENV.image_size)
     try:
-        for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION, mujoco.mjtRndFlag.mjRND_SKYBOX):
+        flags = mujoco.mjtRndFlag
+        for flag in (flags.mjRND_SHADOW, flags.mjRND_REFLECTION, flags.mjRND_SKYBOX):  # as FrameRenderer
             renderer.scene.flags[flag] = 0
         renderer._gl_context.make_current()
         renderer.update_scene(data, camera=free)
