@@ -1,6 +1,7 @@
 """A real (tiny) PPO round and buffer snapshot through the CLI, on MetaWorld."""
 
 import json
+import math
 import shutil
 
 import pytest
@@ -43,7 +44,13 @@ def test_round_writes_checkpoint_rollouts_curve_and_buffer(round_dir):
     # The first minibatch of an update scores the behaviour policy itself.
     assert curve[1]["first_ratio"] == pytest.approx(1.0, abs=1e-5)
     assert curve[1]["first_clip_fraction"] == 0.0
-    assert curve[1]["decisions"] == 16 and curve[1]["weight"] > 0
+    assert curve[1]["decisions"] == 16
+    # Dual rule, once per minibatch: 16 decisions / 8 per minibatch x 2 epochs = 4 updates of
+    # log w += lr (L_BC - eps) / eps; the logged bc_loss is their mean. The warm-up has no BC term.
+    assert curve[0]["weight"] == 0.2 and curve[0]["bc_loss"] is None
+    eps = curve[1]["bc_target"]
+    assert curve[1]["weight"] == pytest.approx(0.2 * math.exp(0.02 * 4 * (curve[1]["bc_loss"] - eps) / eps), rel=1e-9)
+    assert curve[1]["weight"] != pytest.approx(0.2, rel=1e-6)
     assert read_manifest(data / "buffers" / "r01")["schema_version"] == 2
 
 
@@ -97,11 +104,22 @@ def test_diverging_ppo_writes_no_checkpoint(round_dir, tmp_path):
     assert not (copy / "checkpoints" / "r01").exists() and not (copy / "rollouts" / "r01").exists()
 
 
-def test_failure_curriculum_and_short_training_horizon(round_dir, tmp_path):
-    """A round with tasks drawn by failure rate and a 2-chunk training horizon (sync envs)."""
+def test_failure_curriculum_and_short_training_horizon(round_dir, tmp_path, monkeypatch):
+    """A round with tasks drawn by failure rate and a 6-step training horizon: with K=4 every
+    episode's second chunk is cut by the time limit after 2 steps (sync envs)."""
+    from vla_pipeline.rl import trainer
+
+    built = []
+
+    def keep_envs(*args, **kwargs):  # the real vector env, kept for a look after the round
+        built.append(trainer_make_envs(*args, **kwargs))
+        return built[-1]
+
+    trainer_make_envs = trainer.make_chunk_vector_env
+    monkeypatch.setattr(trainer, "make_chunk_vector_env", keep_envs)
     _, data, _ = round_dir
     params = tmp_path / "params.yaml"
-    ppo = {**PPO, "iterations": 3, "task_sampling": "failures", "task_floor": 0.5, "max_episode_steps": 8}
+    ppo = {**PPO, "iterations": 3, "task_sampling": "failures", "task_floor": 0.5, "max_episode_steps": 6}
     raw = tiny_raw(ppo=ppo, rounds=ROUNDS)
     raw["env"]["vector"] = "sync"
     params.write_text(yaml.safe_dump(raw))
@@ -112,8 +130,14 @@ def test_failure_curriculum_and_short_training_horizon(round_dir, tmp_path):
                                  "--curve", str(tmp_path / "curve.json")])
     assert result.exit_code == 0, result.output
     curve = json.loads((tmp_path / "curve.json").read_text())
-    # 16 decisions per iteration over 2 envs, every episode cut after 2 chunks (8 steps).
-    assert all(row["episodes"] >= 7 and row["env_steps"] <= 16 * 4 for row in curve)
-    assert sum(row["episodes"] for row in curve) >= 3 * 7
-    assert sum(curve[-1]["task_weights"].values()) == pytest.approx(1.0)
-    assert min(curve[-1]["task_weights"].values()) > 0
+    # No success fits in 6 steps (the hand moves <= 1 cm per axis per step; reach needs >= 15 cm
+    # of travel, drawer-close >= 9.5 cm of drawer travel), so every episode is 4 + 2 steps:
+    # 16 decisions over 2 envs = 8 episodes and 48 env steps per iteration.
+    for row in curve:
+        assert (row["decisions"], row["episodes"], row["successes"], row["env_steps"]) == (16, 8, 0, 48), row
+        assert row["value_only"] or row["first_ratio"] == pytest.approx(1.0, abs=1e-5)
+    # The curriculum's weights reached every env's episode queue (in the env's task order; the
+    # curve's JSON keys are sorted).
+    [envs] = built
+    for env in envs.envs:
+        assert env.queue.task_weights == pytest.approx([curve[-1]["task_weights"][task] for task in env.tasks])

@@ -1,5 +1,7 @@
 """Hand-computable checks of the RL pieces: chunk GAE, PPO ratio/clip, buffer, weight rule."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -49,23 +51,62 @@ def test_gae_discount_uses_executed_steps_not_chunk_length():
     assert adv_short[0, 0] == pytest.approx(G) and adv_long[0, 0] == pytest.approx(G**4)
 
 
-def test_ratio_is_one_and_nothing_clipped_for_the_behaviour_policy():
-    torch.manual_seed(0)
-    mean, log_std = torch.randn(6, 4, 4), torch.full((4, 4), -1.0)
-    actions = mean + 0.3 * torch.randn(6, 4, 4)
-    mask = torch.tensor([[1, 1, 1, 1]] * 5 + [[1, 1, 0, 0]], dtype=torch.float32)
-    lp = chunk_log_prob(mean, log_std, actions, mask)
-    terms = ppo_loss(lp, lp.detach(), torch.randn(6), torch.zeros(6), torch.zeros(6), torch.zeros(6), log_std,
-                     clip=0.2, value_clip=0.2, value_coef=0.5, entropy_coef=0.0)
-    assert terms.ratio_mean.item() == 1.0 and terms.clip_fraction.item() == 0.0 and terms.approx_kl.item() == 0.0
-
-
-def test_unexecuted_steps_do_not_change_the_chunk_log_prob():
-    mean, log_std = torch.zeros(1, 4, 4), torch.zeros(4, 4)
-    a, b = torch.zeros(1, 4, 4), torch.zeros(1, 4, 4)
-    b[0, 3] = 100.0  # wildly different 4th action, never executed
+def test_chunk_log_prob_by_hand_counts_only_executed_steps():
+    # Unit Gaussian: log N(a | 0, 1) = -0.5 a^2 - 0.5 log(2 pi) per action dim.
+    mean, actions = torch.zeros(1, 4, 4), torch.zeros(1, 4, 4)
+    actions[0, 0, 0], actions[0, 1, 1] = 1.0, 2.0
+    actions[0, 3] = 100.0  # a wild 4th action that the time limit kept from running
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
-    assert torch.equal(chunk_log_prob(mean, log_std, a, mask), chunk_log_prob(mean, log_std, b, mask))
+    half_log_2pi = 0.5 * math.log(2 * math.pi)
+    lp = chunk_log_prob(mean, torch.zeros(4, 4), actions, mask)
+    assert lp.item() == pytest.approx(-12 * half_log_2pi - 0.5 * (1.0 + 4.0))
+    # std 2: every executed dim pays log 2, and the squares are divided by 4.
+    lp2 = chunk_log_prob(mean, torch.full((4, 4), math.log(2.0)), actions, mask)
+    assert lp2.item() == pytest.approx(-12 * (half_log_2pi + math.log(2.0)) - 0.5 * 5.0 / 4.0)
+
+
+def test_ppo_ratio_of_a_shifted_mean_is_known_and_clipped_pessimistically():
+    """Actions at the old mean; the new mean moves by d on one executed step: log r = -d^2 / 2 sigma^2."""
+    torch.manual_seed(0)
+    log_std = torch.full((4, 4), -1.0)
+    var = math.exp(-2.0)
+    old_mean = torch.randn(2, 4, 4)
+    actions = old_mean.clone()
+    actions[1, 2:] += 50.0  # row 1 was cut after 2 steps: its tail never ran
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0]])
+    new_mean = old_mean.clone()
+    new_mean[:, 0, 0] += 0.2  # executed in both rows
+    new_mean[:, 3, 1] += 0.3  # executed in row 0 only
+    old_lp = chunk_log_prob(old_mean, log_std, actions, mask)
+    new_lp = chunk_log_prob(new_mean, log_std, actions, mask)
+    log_r = np.array([-(0.2**2 + 0.3**2) / (2 * var), -(0.2**2) / (2 * var)])
+    r = np.exp(log_r)  # [0.619, 0.863]: row 0 leaves the band [0.8, 1.2]
+    np.testing.assert_allclose((new_lp - old_lp).numpy(), log_r, rtol=1e-5)
+    advantages = torch.tensor([-1.0, 1.0])
+    terms = ppo_loss(new_lp, old_lp, advantages, torch.zeros(2), torch.zeros(2), torch.zeros(2), log_std,
+                     clip=0.2, value_clip=None, value_coef=0.5, entropy_coef=0.0, normalize_advantages=False)
+    assert terms.ratio_mean.item() == pytest.approx(r.mean(), rel=1e-5)
+    assert terms.approx_kl.item() == pytest.approx(np.mean((r - 1) - log_r), rel=1e-4)
+    assert terms.clip_fraction.item() == 0.5
+    # Row 0 (A < 0): min(r A, clip(r) A) = 0.8 * -1, the pessimistic clipped term; row 1: r * 1.
+    assert terms.policy_loss.item() == pytest.approx(-(-0.8 + r[1]) / 2, rel=1e-5)
+
+
+def test_value_clipping_by_hand():
+    # old 0, return 1. New 0.5 moved too far toward the return: clipped to 0.2, loss max(0.25, 0.64);
+    # new -0.5 moved away: the unclipped loss (2.25) is the larger one and is kept.
+    new = torch.tensor([0.5, -0.5], requires_grad=True)
+    old, returns = torch.zeros(2), torch.ones(2)
+    zeros = torch.zeros(2)
+    terms = ppo_loss(zeros, zeros, zeros, new, old, returns, torch.zeros(1), clip=0.2, value_clip=0.2,
+                     value_coef=0.5, entropy_coef=0.0, normalize_advantages=False)
+    assert terms.value_loss.item() == pytest.approx(0.5 * (0.64 + 2.25) / 2)
+    terms.value_loss.backward()
+    # The clipped branch is flat in the new value: no gradient pushes row 0 further.
+    assert new.grad.tolist() == pytest.approx([0.0, 0.5 * 2 * (-0.5 - 1.0) / 2])
+    unclipped = ppo_loss(zeros, zeros, zeros, new.detach(), old, returns, torch.zeros(1), clip=0.2,
+                         value_clip=None, value_coef=0.5, entropy_coef=0.0, normalize_advantages=False)
+    assert unclipped.value_loss.item() == pytest.approx(0.5 * (0.25 + 2.25) / 2)
 
 
 def test_clip_fraction_counts_ratios_outside_the_band():
@@ -113,14 +154,14 @@ def test_buffer_step_table_reuses_decoded_frames_and_matches_a_fresh_decode():
         assert np.array_equal(getattr(cached, name), getattr(fresh, name)), name
 
 
-def test_dual_weight_rises_when_bc_loss_exceeds_target_and_falls_below():
+def test_dual_weight_update_by_hand():
+    # log w += lr * (L_BC - eps) / eps, with eps = (1 + slack) * start loss = 1.25 * 4 = 5.
     w = BCWeight("dual", 0.2, lr=0.1)
-    w.set_target(1.0, slack=0.1)
-    assert w.target == pytest.approx(1.1)
-    up = w.update(2.0)
-    assert up > 0.2
-    down = [w.update(0.1) for _ in range(3)][-1]
-    assert down < up
+    w.set_target(4.0, slack=0.25)
+    assert w.target == pytest.approx(5.0)
+    assert w.update(7.5) == pytest.approx(0.2 * math.exp(0.1 * 2.5 / 5.0), rel=1e-12)
+    assert w.update(0.0) == pytest.approx(0.2 * math.exp(0.05 - 0.1), rel=1e-12)
+    assert w.update(5.0) == pytest.approx(0.2 * math.exp(-0.05), rel=1e-12)  # at the target: no change
     fixed = BCWeight("fixed", 0.2)
     assert fixed.update(100.0) == 0.2
     assert BCWeight("none", 0.2).weight == 0.0 and not BCWeight("none", 0.2).active
@@ -128,8 +169,9 @@ def test_dual_weight_rises_when_bc_loss_exceeds_target_and_falls_below():
 
 def test_dual_weight_stays_in_bounds():
     w = BCWeight("dual", 1.0, lr=5.0, w_min=0.01, w_max=2.0)
-    w.set_target(1.0, 0.0)
+    w.set_target(10.0, 0.0)
     assert w.update(1e6) == 2.0
+    assert w.update(0.0) == pytest.approx(2.0 * math.exp(-5.0), rel=1e-12)  # one step down, inside
     assert [w.update(0.0) for _ in range(50)][-1] == pytest.approx(0.01)
 
 

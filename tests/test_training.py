@@ -1,0 +1,250 @@
+"""Training loops on tiny real inputs, checked against hand-computed values.
+
+The collector runs real MetaWorld envs (sync, 32 px) with a horizon that is not a multiple
+of K, so chunks are cut by the time limit; the trainer gets hand-built batches whose
+ratios, losses and weights are known in closed form.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from gymnasium.vector import VectorWrapper
+
+from tests.conftest import tiny_raw
+from vla_pipeline.config import parse_params
+from vla_pipeline.data.episode import Episode, encode_png
+from vla_pipeline.data.snapshot import decode_steps, episodes_to_table
+from vla_pipeline.envs.tasks import resolve_tasks
+from vla_pipeline.envs.vector import make_chunk_vector_env
+from vla_pipeline.policies.factory import build_policy
+from vla_pipeline.rl.buffer import SelfBCBuffer
+from vla_pipeline.rl.ppo import step_log_probs
+from vla_pipeline.rl.rollout import ChunkCollector
+from vla_pipeline.rl.storage import RolloutBatch
+from vla_pipeline.rl.trainer import PPOTrainer, training_queues
+from vla_pipeline.rl.bc import batch_to_tensors, bc_loss_on_batch
+from vla_pipeline.sft import train_sft
+
+SIZE, K, A = 32, 4, 4  # tiny profile: 32 px frames, chunks of 4 actions of 4 dims
+FULL, CUT = [1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0]  # a cut chunk ran 2 of its 4 steps
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models: one thread is faster, and ~20x faster when other jobs share the 2 cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_params(**sections):
+    return parse_params(tiny_raw(**sections))
+
+
+def make_policy(params, seed=0):
+    torch.manual_seed(seed)
+    return build_policy(params.policy, params.env, resolve_tasks(params.env)).eval()
+
+
+def random_obs(rng, n):
+    return {"image": rng.integers(0, 255, (n, 1, SIZE, SIZE, 3), dtype=np.uint8),
+            "proprio": rng.normal(size=(n, 4)).astype(np.float32), "state": rng.normal(size=(n, 39)).astype(np.float32),
+            "task_index": np.arange(n) % 2}
+
+
+def hand_batch(policy, masks, advantages, value_offsets, return_offsets, noise=0.0, seed=0):
+    """Decisions the current policy took: actions = mean + noise * std on executed steps.
+
+    Unexecuted steps hold wild actions (+50): they never ran, so they must not count.
+    Stored values / returns are the policy's value plus the given offsets.
+    """
+    rng = np.random.default_rng(seed)
+    mask = np.asarray(masks, np.float32)
+    obs = random_obs(rng, len(mask))
+    with torch.no_grad():
+        out = policy(**policy.obs_to_tensors(obs))
+    mean, log_std, value = out.action_mean.numpy(), out.action_log_std, out.value.numpy()
+    actions = mean + noise * np.exp(log_std.numpy()) * rng.normal(size=mean.shape).astype(np.float32)
+    actions[mask == 0] += 50.0
+    log_probs = step_log_probs(out.action_mean, log_std, torch.from_numpy(actions)).numpy()
+    return RolloutBatch(images=obs["image"], proprio=obs["proprio"], state=obs["state"], task_index=obs["task_index"],
+                        actions=actions.astype(np.float32), step_mask=mask, log_probs=log_probs,
+                        values=(value + np.asarray(value_offsets, np.float32)).astype(np.float32),
+                        advantages=np.asarray(advantages, np.float32),
+                        returns=(value + np.asarray(return_offsets, np.float32)).astype(np.float32))
+
+
+def solved_episode(task, variation, length, seed):
+    rng = np.random.default_rng(seed)
+    episode = Episode(task, 0, variation, task, "expert")
+    for t in range(length):
+        episode.add_step((encode_png(rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)),), rng.normal(size=4),
+                         rng.normal(size=39), rng.uniform(-1, 1, 4), float(t == length - 1), t == length - 1)
+    return episode.finish(True, False)
+
+
+# --------------------------------------------------------------------------- collector
+
+
+class StepRecorder(VectorWrapper):
+    """Pass-through that keeps a copy of every observation the real envs return from step."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.next_obs = []
+
+    def step(self, actions):
+        out = self.env.step(actions)
+        self.next_obs.append({key: np.array(value, copy=True) for key, value in out[0].items()})
+        return out
+
+
+def test_collector_bootstraps_a_time_limit_cut_from_the_final_observation():
+    """Horizon 6 with K=4: chunk 0 runs 4 steps, chunk 1 is cut after 2, chunk 2 starts a new episode.
+
+    Per env, by hand (sparse reward; no reach success fits in 6 steps: >= 15 cm to go at <= 1 cm a step):
+      A_2 = g^4 V(o_3) - V(o_2)                  (last row: chain cut, V of the current observation)
+      A_1 = g^2 V(final obs of the cut episode) - V(o_1)   (bootstrap, no chaining into A_2)
+      A_0 = g^4 V(o_1) - V(o_0) + g^4 lam A_1
+    """
+    gamma, lam = 0.9, 0.8
+    params = make_params(env={"max_episode_steps": 6, "tasks": ["reach-v3"]})  # one sim per env
+    policy = make_policy(params)
+    with torch.no_grad():
+        policy.value_head[-1].weight.mul_(3000.0)  # values that clearly differ between observations
+    envs = StepRecorder(make_chunk_vector_env(params.env, K, gamma, training_queues(params, 2, seed=0), "sync"))
+    try:
+        collector = ChunkCollector(envs, gamma, lam, "test", torch.Generator().manual_seed(0))
+        batch, finished, stats = collector.collect(policy, lockstep_steps=3)
+        last_obs = collector.obs
+    finally:
+        envs.close()
+
+    def values(obs):
+        with torch.no_grad():
+            return policy(**policy.obs_to_tensors(obs)).value.numpy().astype(np.float64)
+
+    n = 2
+    v = batch.values.reshape(3, n).astype(np.float64)  # V(o_0), V(o_1), V(o_2) per env
+    v_final, v_last = values(envs.next_obs[1]), values(last_obs)
+    assert np.abs(v_final - v[2]).min() > 0.01  # the final and the reset observation are told apart
+    np.testing.assert_array_equal(batch.step_mask.reshape(3, n, K)[1], [CUT, CUT])
+    assert stats == {"decisions": 6, "env_steps": 20, "episodes": 2, "successes": 0}
+    assert [(ep.length, ep.truncated, ep.terminated) for ep in finished] == [(6, True, False)] * 2
+    a2 = gamma**4 * v_last - v[2]
+    a1 = gamma**2 * v_final - v[1]
+    a0 = gamma**4 * v[1] - v[0] + gamma**4 * lam * a1
+    advantages = batch.advantages.reshape(3, n)
+    np.testing.assert_allclose(advantages, np.stack([a0, a1, a2]), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(batch.returns, batch.advantages + batch.values, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+def trainer_for(policy, params, buffer=None):
+    return PPOTrainer(policy, buffer if buffer is not None else SelfBCBuffer("task_variation", 1), params, "test")
+
+
+@pytest.mark.parametrize("logprob,value_clip", [("chunk", 0.2), ("step", None)])
+def test_update_scores_cut_chunks_and_clips_values_by_hand(logprob, value_clip):
+    """Move the action mean by d = 0.1 on step 0 (dim 0) and step 3 (dim 1): actions sit at the old mean,
+    so each moved, executed step has log-ratio -d^2 / 2 sigma^2; step 3 of a cut chunk never ran."""
+    params = make_params(ppo={"epochs": 1, "minibatch_size": 4, "target_kl": None, "logprob": logprob,
+                              "value_clip": value_clip, "normalize_advantages": False, "clip": 0.2})
+    policy = make_policy(params)
+    advantages = np.array([1.0, -2.0, 0.5, 1.5])
+    batch = hand_batch(policy, [FULL, CUT, FULL, CUT], advantages, value_offsets=[-0.5, -0.5, 0.5, 0.5],
+                       return_offsets=[1.0] * 4)
+    d = 0.1
+    with torch.no_grad():
+        policy.action_head[-1].bias[0 * A + 0] += d
+        policy.action_head[-1].bias[3 * A + 1] += d
+    log_std = policy.action_log_std.detach()
+    s0 = -(d**2) / (2 * math.exp(2 * log_std[0, 0].item()))
+    s3 = -(d**2) / (2 * math.exp(2 * log_std[3, 1].item()))
+    if logprob == "chunk":  # one ratio per decision
+        log_r = np.array([s0 + s3, s0, s0 + s3, s0])
+        adv = advantages
+    else:  # one ratio per executed step, each with its chunk's advantage
+        log_r = np.array([s0, 0, 0, s3, s0, 0, s0, 0, 0, s3, s0, 0])
+        adv = np.repeat(advantages, [4, 2, 4, 2])
+    r = np.exp(log_r)
+    assert r.min() > 0.8  # inside the clip band: the surrogate is r * A
+    # Old values V -/+ 0.5, returns V + 1, new values V: clipped to V -/+ 0.3, the max is kept.
+    value_loss = 0.5 * np.mean([1.69, 1.69, 1.0, 1.0]) if value_clip else 0.5
+    out = trainer_for(policy, params).update(batch, value_only=False)
+    assert out["ratio_mean"] == pytest.approx(r.mean(), rel=1e-5)
+    assert out["approx_kl"] == pytest.approx(np.mean((r - 1) - log_r), rel=1e-3, abs=1e-7)
+    assert out["policy_loss"] == pytest.approx(-np.mean(r * adv), rel=1e-5)
+    assert out["clip_fraction"] == 0.0
+    assert out["value_loss"] == pytest.approx(value_loss, rel=1e-5)
+
+
+def optimizer_steps(trainer) -> int:
+    head = trainer.policy.action_head[-1].weight
+    return int(trainer.optimizer.state[head]["step"])
+
+
+def test_target_kl_stops_the_epoch_loop_early():
+    """12 decisions, minibatches of 4, 3 epochs = 9 steps. The first minibatch scores the behaviour
+    policy itself (approx KL exactly 0, never above the target); after one step the second is above
+    it, and the loop stops there, mid-epoch."""
+    rows = 12
+    for target_kl, steps, epochs, stopped in ((None, 9, 3, False), (1e-6, 2, 1, True), (1e6, 9, 3, False)):
+        params = make_params(ppo={"epochs": 3, "minibatch_size": 4, "target_kl": target_kl, "head_lr": 1e-2})
+        policy = make_policy(params)
+        batch = hand_batch(policy, [FULL] * rows, np.linspace(-1, 1, rows), [0.0] * rows, [0.0] * rows, noise=1.0)
+        trainer = trainer_for(policy, params)
+        out = trainer.update(batch, value_only=False)
+        assert (optimizer_steps(trainer), out["epochs_run"], out["early_stop"]) == (steps, epochs, stopped), target_kl
+        assert out["first_ratio"] == pytest.approx(1.0, abs=1e-6)
+
+
+def bc_loss_on_whole_buffer(trainer) -> float:
+    windows = trainer.bc_windows()
+    batch = batch_to_tensors(windows.batch(windows.sample_rows), "cpu")
+    with torch.no_grad():
+        return bc_loss_on_batch(trainer.policy, batch, "mse", 0, torch.Generator()).item()
+
+
+@pytest.mark.parametrize("rule", ["none", "fixed"])
+def test_bc_term_is_what_moves_the_actor_when_advantages_are_zero(rule):
+    """With A = 0 the PPO term has zero gradient and the critic is behind a stop-gradient, so the
+    actor moves only if the self-BC term reaches the loss, and then toward the buffer's actions."""
+    params = make_params(ppo={"epochs": 3, "minibatch_size": 4, "target_kl": None, "head_lr": 3e-3, "lr": 3e-3},
+                         bc={"weight_rule": rule, "weight": 1.0, "batch_size": 8})
+    policy = make_policy(params)
+    buffer = SelfBCBuffer("task_variation", 1)
+    for i, task in enumerate(resolve_tasks(params.env)):
+        buffer.offer(solved_episode(task, i, 6, seed=i))
+    actor = {name: p.detach().clone() for name, p in policy.named_parameters() if not name.startswith("value_head")}
+    trainer = trainer_for(policy, params, buffer)
+    before = bc_loss_on_whole_buffer(trainer) if rule == "fixed" else None
+    out = trainer.update(hand_batch(policy, [FULL] * 8, [0.0] * 8, [0.0] * 8, [0.5] * 8, noise=1.0), value_only=False)
+    moved = [name for name, p in policy.named_parameters() if name in actor and not torch.equal(p, actor[name])]
+    if rule == "none":
+        assert moved == [] and out["bc_loss"] is None
+    else:
+        assert "action_head.2.weight" in moved and out["bc_loss"] is not None
+        assert bc_loss_on_whole_buffer(trainer) < 0.97 * before  # 1.46 -> 1.33; sign flipped: 2.28
+
+
+# --------------------------------------------------------------------------- SFT
+
+
+def test_sft_overfits_one_small_batch():
+    """Six windows (two 3-step episodes), batches of 8 drawn from them, no augmentation: the loss
+    must fall to a small fraction of its start (3.7 -> 0.002 in 100 steps)."""
+    params = make_params(sft={"steps": 100, "batch_size": 8, "lr": 3e-3, "warmup_steps": 0, "augment_shift": 0,
+                              "weight_decay": 0.0, "log_every": 1})
+    policy = make_policy(params)
+    episodes = [solved_episode(task, 0, 3, seed=10 + i) for i, task in enumerate(resolve_tasks(params.env))]
+    cameras = ("corner4",)
+    table = decode_steps(episodes_to_table(episodes, cameras, (SIZE, SIZE, 3)), cameras, (SIZE, SIZE, 3), "test")
+    result = train_sft(policy, table, params)
+    first, last = result.curve[0]["loss"], result.final_loss
+    assert last < 0.02 * first, (first, last)
