@@ -208,3 +208,44 @@ def test_weighted_episode_queue_draws_tasks_by_weight():
     assert {queue.next(rng).task for _ in range(20)} == {"b"}
     queue.task_weights = None  # back to round-robin
     assert [queue.next(rng).task for _ in range(2)] == ["a", "b"]
+
+
+def test_uncertain_curriculum_weights_are_p_times_one_minus_p_floored():
+    curriculum = TaskCurriculum(["never", "half", "always"], "uncertain", floor=0.05, window=4)
+    for _ in range(4):
+        curriculum.record("never", False)  # p = 1/6
+        curriculum.record("always", True)  # p = 5/6
+    for success in (True, False, True, False):
+        curriculum.record("half", success)  # p = 3/6
+    raw = np.array([max(5 / 36, 0.05), 0.25, max(5 / 36, 0.05)])
+    assert curriculum.weights() == pytest.approx((raw / raw.sum()).tolist())
+    floored = TaskCurriculum(["a", "b"], "uncertain", floor=0.2, window=2)
+    for _ in range(2):
+        floored.record("a", True)  # p = 3/4 -> p(1-p) = 3/16 < floor 0.2
+    assert floored.weights() == pytest.approx([0.2 / 0.45, 0.25 / 0.45])
+
+
+def test_every_round_draws_its_own_random_streams():
+    from tests.conftest import tiny_raw
+    from vla_pipeline.config import parse_params
+    from vla_pipeline.rl.rounds import round_seed
+
+    params = parse_params(tiny_raw(rounds={"r01": {"policy_in": "sft", "buffer_in": "demos"},
+                                           "r02": {"policy_in": "r01", "buffer_in": "r01"}}))
+    seeds = {round_seed(params, name) for name in ("r01", "r02", "r03")}
+    assert len(seeds) == 3 and round_seed(params, "r01") == round_seed(params, "r01")
+    other = parse_params(tiny_raw(ppo={"seed": 1}))
+    assert round_seed(other, "r01") != round_seed(params, "r01")
+
+
+def test_random_shift_is_a_crop_of_the_replicate_padded_image():
+    from vla_pipeline.rl.bc import random_shift
+
+    image = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(1, 2, 1, 3, 4)  # (B, V, C, H, W)
+    generator = torch.Generator().manual_seed(0)
+    shifted = random_shift(image, 1, generator)
+    offsets = torch.randint(0, 3, (2, 2), generator=torch.Generator().manual_seed(0)).tolist()
+    for view, (dy, dx) in enumerate(offsets):
+        padded = torch.nn.functional.pad(image[0, view], (1, 1, 1, 1), mode="replicate")
+        assert torch.equal(shifted[0, view], padded[:, dy:dy + 3, dx:dx + 4])
+    assert torch.equal(random_shift(image, 0, generator), image)

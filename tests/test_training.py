@@ -248,3 +248,42 @@ def test_sft_overfits_one_small_batch():
     result = train_sft(policy, table, params)
     first, last = result.curve[0]["loss"], result.final_loss
     assert last < 0.02 * first, (first, last)
+
+
+def test_policy_coef_zero_keeps_bc_but_drops_the_ppo_term():
+    """Same batch, large advantages, no BC: with policy_coef 0 the actor must not move."""
+    moved = {}
+    for coef in (1.0, 0.0):
+        params = make_params(ppo={"epochs": 1, "minibatch_size": 8, "target_kl": None, "policy_coef": coef},
+                             bc={"weight_rule": "none"})
+        policy = make_policy(params)
+        trainer = PPOTrainer(policy, SelfBCBuffer("task_variation", 1), params, "r01")
+        actor = {k: v.clone() for k, v in policy.named_parameters() if k.startswith("action_head")}
+        trainer.update(hand_batch(policy, [FULL] * 8, [5.0, -5.0] * 4, [0.0] * 8, [0.0] * 8, noise=1.0),
+                       value_only=False)
+        moved[coef] = any(not torch.equal(p, actor[k]) for k, p in policy.named_parameters() if k in actor)
+    assert moved == {1.0: True, 0.0: False}
+
+
+def test_sft_early_stopping_keeps_the_best_validation_weights():
+    """Scripted validation scores 0.2, 0.6, 0.4, 0.3 with patience 2: stop at the 4th check and
+    restore the weights of the 2nd."""
+    params = make_params(sft={"steps": 100, "batch_size": 4, "log_every": 5, "validate_every": 10,
+                              "patience": 2, "augment_shift": 0})
+    policy = make_policy(params)
+    episodes = [solved_episode(task, 0, 4, seed=i) for i, task in enumerate(resolve_tasks(params.env))]
+    cameras = ("corner4",)
+    table = decode_steps(episodes_to_table(episodes, cameras, (SIZE, SIZE, 3)), cameras, (SIZE, SIZE, 3), "test")
+    scores, kept = iter([0.2, 0.6, 0.4, 0.3]), {}
+
+    def validate(p):
+        score = next(scores)
+        kept[score] = {k: v.clone() for k, v in p.state_dict().items()}
+        return {"success": score, "steps_to_success": None}
+
+    result = train_sft(policy, table, params, validate)
+    assert result.best_step == 20 and result.validation["success"] == 0.6
+    assert [row["step"] for row in result.curve if "validation_success" in row] == [10, 20, 30, 40]
+    assert result.curve[-1]["step"] == 40  # stopped, not run to 100
+    for name, value in policy.state_dict().items():
+        assert torch.equal(value, kept[0.6][name]), name
