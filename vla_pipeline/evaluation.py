@@ -24,6 +24,7 @@ from vla_pipeline.envs.experts import run_expert_episode
 from vla_pipeline.envs.sim import TaskSim
 from vla_pipeline.envs.tasks import SPLITS, EpisodeSpec, resolve_tasks, split_configurations
 from vla_pipeline.envs.vector import make_chunk_vector_env, reset_done, split_round_robin, sum_counters
+from vla_pipeline.parallel import acting_threads
 
 
 def episodes_per_split(eval_cfg: EvaluateConfig) -> dict[str, int]:
@@ -193,7 +194,8 @@ def evaluate_policy(policy, env_cfg: EnvConfig, eval_cfg: EvaluateConfig, splits
 
     envs = make_chunk_vector_env(env_cfg, policy.config.chunk_len, gamma, queues, env_cfg.vector)
     try:
-        return run_episodes(envs, act, len(episodes), desc=desc)
+        with acting_threads():
+            return run_episodes(envs, act, len(episodes), desc=desc)
     finally:
         envs.close()
 
@@ -233,15 +235,16 @@ def record_videos(policy, env_cfg: EnvConfig, eval_cfg: EvaluateConfig, count: i
     generator = torch.Generator().manual_seed(eval_cfg.seed)
     videos = []
     try:
-        for spec in chosen:
-            obs, _ = env.reset()
-            while True:
-                batch = {k: np.asarray(v)[None] for k, v in obs.items()}
-                action = policy.act(batch, deterministic=eval_cfg.deterministic, generator=generator)["actions"][0]
-                obs, _, terminated, truncated, info = env.step(action)
-                if terminated or truncated:
-                    videos.append((spec, env.recorded_frames(), bool(terminated or info["success"])))
-                    break
+        with acting_threads():
+            for spec in chosen:
+                obs, _ = env.reset()
+                while True:
+                    batch = {k: np.asarray(v)[None] for k, v in obs.items()}
+                    action = policy.act(batch, deterministic=eval_cfg.deterministic, generator=generator)["actions"][0]
+                    obs, _, terminated, truncated, info = env.step(action)
+                    if terminated or truncated:
+                        videos.append((spec, env.recorded_frames(), bool(terminated or info["success"])))
+                        break
     finally:
         env.close()
     return videos

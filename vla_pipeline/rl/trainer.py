@@ -21,6 +21,7 @@ from vla_pipeline.envs.chunk_env import EpisodeQueue
 from vla_pipeline.envs.tasks import resolve_tasks, split_configurations
 from vla_pipeline.envs.vector import make_chunk_vector_env
 from vla_pipeline.errors import PipelineError
+from vla_pipeline.parallel import acting_threads
 from vla_pipeline.policies.vla import VLAPolicy
 from vla_pipeline.rl.bc import batch_to_tensors, bc_loss_on_batch
 from vla_pipeline.rl.buffer import SelfBCBuffer
@@ -220,7 +221,8 @@ def run_round(policy: VLAPolicy, buffer: SelfBCBuffer, params: Params, round_nam
         for it in tqdm(range(1, cfg.iterations + 1), desc=f"ppo {round_name}", unit="iter", mininterval=1.0):
             t0 = time.perf_counter()
             policy.eval()
-            batch, finished, stats = collector.collect(policy, lockstep)
+            with acting_threads():
+                batch, finished, stats = collector.collect(policy, lockstep)
             t_collect = time.perf_counter() - t0
             admitted = 0
             for ep in finished:
