@@ -107,6 +107,8 @@ def evaluate_cmd(
     table: Path = typer.Option(..., help="Per-task records for dvc plots (JSON)."),
     videos: Path = typer.Option(..., help="Directory for rollout videos."),
     episodes: Path = typer.Option(None, help="Per-episode results (JSON) for `compare`."),
+    splits: str = typer.Option(None, help="Comma-separated splits to run (default: test,validation,train; "
+                                          "validation only for a round without `test: true`)."),
     params_file: Path = PARAMS,
 ):
     """Evaluate a checkpoint on the fixed episode list."""
@@ -115,8 +117,8 @@ def evaluate_cmd(
     from vla_pipeline.checkpoint import load_policy
     from vla_pipeline.config import load_params
     from vla_pipeline.envs.tasks import SPLITS, resolve_tasks
-    from vla_pipeline.evaluation import (build_metrics, episode_records, evaluate_policy, record_videos, task_table,
-                                         write_video)
+    from vla_pipeline.evaluation import (build_metrics, default_splits, episode_records, evaluate_policy,
+                                         record_videos, task_table, write_video)
     from vla_pipeline.io import atomic_directory, write_json_atomic
 
     params = load_params(params_file)
@@ -124,13 +126,12 @@ def evaluate_cmd(
     policy = load_policy(checkpoint, params.evaluate.device)
     tasks = resolve_tasks(params.env)
     _check_policy_fits_env(policy, params, tasks, checkpoint)
-    # Rounds other than the final one are evaluated on validation only: test is for reported numbers.
-    splits = SPLITS if name not in params.rounds or params.rounds[name].test else ("validation",)
-    results, counters = evaluate_policy(policy, params.env, params.evaluate, splits)
+    chosen = _splits(splits) if splits else default_splits(params, name)
+    results, counters = evaluate_policy(policy, params.env, params.evaluate, chosen)
     metrics_obj = build_metrics(results, tasks, params.env.max_episode_steps, _header(name, params))
     with atomic_directory(videos) as tmp:
         for spec, frames, success in record_videos(policy, params.env, params.evaluate, params.evaluate.videos,
-                                                   splits[0]):
+                                                   chosen[0]):
             stem = f"{spec.task}-{spec.split}-{spec.variation_seed}-{spec.variation:02d}-{'success' if success else 'fail'}"
             write_video(tmp / f"{stem}.mp4", frames, params.evaluate.video_scale)
     write_json_atomic(table, task_table(metrics_obj, name))
@@ -146,23 +147,24 @@ def evaluate_expert_cmd(
     metrics: Path = typer.Option(Path("data/metrics/eval-expert.json"), help="Metrics JSON to write."),
     table: Path = typer.Option(Path("data/metrics/eval-expert-tasks.json"), help="Per-task records."),
     episodes: Path = typer.Option(None, help="Per-episode results (JSON) for `compare`."),
+    splits: str = typer.Option(None, help="Comma-separated splits to run (default: all three)."),
     params_file: Path = PARAMS,
 ):
     """The scripted expert on the same fixed episode list: the ceiling row."""
     from vla_pipeline.config import load_params
-    from vla_pipeline.envs.tasks import resolve_tasks
+    from vla_pipeline.envs.tasks import SPLITS, resolve_tasks
     from vla_pipeline.evaluation import build_metrics, episode_records, evaluate_expert, task_table
     from vla_pipeline.io import write_json_atomic
 
     params = load_params(params_file)
-    results, counters = evaluate_expert(params.env, params.evaluate)
+    results, counters = evaluate_expert(params.env, params.evaluate, _splits(splits) if splits else SPLITS)
     metrics_obj = build_metrics(results, resolve_tasks(params.env), params.env.max_episode_steps,
                                 _header("expert", params))
     write_json_atomic(table, task_table(metrics_obj, "expert"))
     if episodes is not None:
         write_json_atomic(episodes, episode_records(results))
     write_json_atomic(metrics, metrics_obj)
-    _echo_json({"test": metrics_obj["test"], "counters": counters})
+    _echo_json({**{k: metrics_obj[k] for k in SPLITS if k in metrics_obj}, "counters": counters})
 
 
 @app.command("compare")
@@ -183,6 +185,16 @@ def compare_cmd(
     if out is not None:
         write_json_atomic(out, result)
     _echo_json({split: {k: v for k, v in result[split].items() if k != "tasks"} for split in result["splits"]})
+
+
+def _splits(text: str) -> list[str]:
+    from vla_pipeline.envs.tasks import SPLITS
+
+    chosen = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in SPLITS]
+    if unknown or not chosen:
+        raise PipelineError(f"--splits {text!r}: choose from {', '.join(SPLITS)}")
+    return [s for s in SPLITS if s in chosen]
 
 
 def _read_episode_records(path: Path) -> list[dict]:

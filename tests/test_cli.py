@@ -149,3 +149,18 @@ def test_diverging_sft_stops_with_a_clear_error_and_no_checkpoint(tmp_path, tiny
     assert result.exit_code == 1, result.output
     assert "non-finite loss or gradient" in result.output
     assert not ck.exists() and not (tmp_path / "curve.json").exists()
+
+
+def test_evaluate_splits_option_and_round_default(tmp_path, tiny_checkpoint):
+    """A round without `test: true` is evaluated on validation only; --splits overrides; a bad name is refused."""
+    params = write_params(tmp_path, rounds={"r01": {"policy_in": "sft", "buffer_in": "demos"}})
+    base = ["evaluate", "--params", str(params), "--checkpoint", str(tiny_checkpoint), "--table",
+            str(tmp_path / "t.json"), "--videos", str(tmp_path / "v")]
+    result = runner.invoke(app, base + ["--name", "r01", "--metrics", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r.json").read_text())["splits"] == ["validation"]
+    result = runner.invoke(app, base + ["--name", "x", "--metrics", str(tmp_path / "x.json"), "--splits", "train,validation"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "x.json").read_text())["splits"] == ["validation", "train"]
+    result = runner.invoke(app, base + ["--name", "x", "--metrics", str(tmp_path / "y.json"), "--splits", "heldout"])
+    assert result.exit_code == 1 and "--splits 'heldout': choose from test, validation, train" in result.output

@@ -27,6 +27,14 @@ from vla_pipeline.envs.vector import make_chunk_vector_env, reset_done, split_ro
 from vla_pipeline.parallel import acting_threads
 
 
+def default_splits(params, name: str) -> tuple[str, ...]:
+    """Every split for SFT, the expert and other checkpoints; a round is evaluated on validation
+    only unless it is marked `test: true` (the final one): test is for reported numbers."""
+    if name in params.rounds and not params.rounds[name].test:
+        return ("validation",)
+    return SPLITS
+
+
 def episodes_per_split(eval_cfg: EvaluateConfig) -> dict[str, int]:
     return {"test": eval_cfg.episodes_test, "validation": eval_cfg.episodes_validation,
             "train": eval_cfg.episodes_train}
