@@ -103,6 +103,8 @@ def test_sample_weights_count_rollouts_per_step_and_balance_tasks(tmp_path):
     assert plain[16:].sum() == pytest.approx(2 / 18)
     balanced = sample_weights(table, balance_tasks=True)
     assert balanced[:16].sum() == pytest.approx(0.5) and balanced[16:].sum() == pytest.approx(0.5)
+    weighted = sample_weights(table, balance_tasks=True, task_weights={"b-v3": 3.0})
+    assert weighted[16:].sum() == pytest.approx(0.75)
     windows = ChunkWindows(table, 4, ["a-v3", "b-v3"], balance_tasks=True)
     rows = windows.sample(np.random.default_rng(0), 20000)
     assert (table.task[rows] == "b-v3").mean() == pytest.approx(0.5, abs=0.02)

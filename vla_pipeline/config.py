@@ -192,6 +192,9 @@ class SFTConfig(Section):
     # Every task equally often in a batch (else rows are drawn uniformly, so tasks with long
     # or many demos dominate and reach, the shortest, is the rarest).
     task_balance: bool = True
+    # With task_balance: relative share of a task in the batches (1 for tasks not named), e.g.
+    # more updates for the tasks whose goal is a small marker placed at random.
+    task_weights: dict[str, float] = Field(default_factory=dict)
     # Early stopping on the validation split: every `validate_every` steps roll the policy out
     # on `validation_episodes` configurations per task; stop after `patience` checks without a
     # new best and keep the best weights (0 = train `steps` and keep the last weights).
@@ -205,6 +208,16 @@ class SFTConfig(Section):
         if device != "cpu" and not device.startswith("cuda"):
             raise ValueError("device must be 'cpu' or 'cuda[:N]'")
         return device
+
+    @field_validator("task_weights")
+    @classmethod
+    def _task_weights(cls, weights: dict[str, float]) -> dict[str, float]:
+        from vla_pipeline.envs.tasks import check_task_names
+
+        check_task_names(list(weights))
+        if any(not math.isfinite(w) or w <= 0 for w in weights.values()):
+            raise ValueError("task weights must be positive")
+        return weights
 
     @model_validator(mode="after")
     def _validation_on_log_steps(self) -> "SFTConfig":

@@ -59,7 +59,8 @@ def train_sft(policy: VLAPolicy, table: StepTable, params: Params, validate: Opt
     rng = np.random.default_rng(cfg.seed)
     policy.set_normalization(policy.proprio_features(table.proprio, table.state), table.action)
     policy.to(cfg.device).train()
-    windows = ChunkWindows(table, policy.config.chunk_len, policy.config.task_names, balance_tasks=cfg.task_balance)
+    windows = ChunkWindows(table, policy.config.chunk_len, policy.config.task_names, balance_tasks=cfg.task_balance,
+                           task_weights=cfg.task_weights)
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = get_cosine_schedule_with_warmup(optimizer, min(cfg.warmup_steps, cfg.steps), cfg.steps)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import numpy as np
 
 from vla_pipeline import constants as C
@@ -22,12 +24,13 @@ def chunk_window_indices(step: np.ndarray, episode_length: np.ndarray, chunk_len
     return index.astype(np.int64), mask.astype(np.float32)
 
 
-def sample_weights(table: StepTable, balance_tasks: bool) -> np.ndarray:
+def sample_weights(table: StepTable, balance_tasks: bool, task_weights: Mapping[str, float] | None = None) -> np.ndarray:
     """Sampling weight of every row that has a frame (zero elsewhere).
 
     Each episode weighs as much as its length, however many frames it has: an RL rollout
     (a frame per decision) counts as much per env step as a demo (a frame per step). With
-    `balance_tasks` every task gets the same total weight, so short tasks are not rare.
+    `balance_tasks` every task gets the same total weight, so short tasks are not rare;
+    `task_weights` then scales a task's share (1 for tasks it does not name).
     """
     starts = np.flatnonzero(table.step == 0)
     episode_of_row = np.cumsum(table.step == 0) - 1
@@ -37,14 +40,15 @@ def sample_weights(table: StepTable, balance_tasks: bool) -> np.ndarray:
     if balance_tasks:
         for task in np.unique(table.task):
             rows = table.task == task
-            weights[rows] /= weights[rows].sum()
+            weights[rows] *= (task_weights or {}).get(task, 1.0) / weights[rows].sum()
     return weights / weights.sum()
 
 
 class ChunkWindows:
     """Samples (observation at t, a[t:t+K], mask) batches from a decoded snapshot."""
 
-    def __init__(self, table: StepTable, chunk_len: int, task_names: list[str], balance_tasks: bool = False):
+    def __init__(self, table: StepTable, chunk_len: int, task_names: list[str], balance_tasks: bool = False,
+                 task_weights: Mapping[str, float] | None = None):
         self.table = table
         self.chunk_len = chunk_len
         self.index, self.mask = chunk_window_indices(table.step, table.episode_length, chunk_len)
@@ -53,7 +57,7 @@ class ChunkWindows:
         if unknown:
             raise ValueError(f"snapshot has tasks the policy does not know: {unknown}")
         self.task_index = np.array([lookup[t] for t in table.task], dtype=np.int64)
-        weights = sample_weights(table, balance_tasks)
+        weights = sample_weights(table, balance_tasks, task_weights)
         self.sample_rows = np.flatnonzero(weights > 0)  # only steps with a rendered frame
         self._cumulative = np.cumsum(weights[self.sample_rows])
         self._cumulative /= self._cumulative[-1]
