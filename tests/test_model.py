@@ -135,3 +135,27 @@ def test_diverged_model_is_not_saved(policy, tmp_path):
         policy.action_log_std.fill_(float("nan"))
     with pytest.raises(PipelineError, match="diverged"):
         save_policy(policy, tmp_path / "ck", {})
+
+
+def test_aux_state_head_is_a_target_never_an_input():
+    """With policy.aux_state_weight the model predicts object + goal xyz; the state never changes
+    its outputs, only the auxiliary loss (which is 0-weighted away without the head)."""
+    from vla_pipeline import constants as C
+    from vla_pipeline.rl.bc import bc_loss_on_batch
+
+    policy = build(policy={"aux_state_weight": 1.0})
+    o = obs()
+    moved = {**o, "state": o["state"] + 1.0}
+    a, b = policy(**policy.obs_to_tensors(o)), policy(**policy.obs_to_tensors(moved))
+    assert a.aux_state.shape == (3, 6)
+    assert torch.equal(a.action_mean, b.action_mean) and torch.equal(a.aux_state, b.aux_state)
+    batch = {C.OBS_IMAGE: torch.as_tensor(o["image"]), C.OBS_PROPRIO: torch.as_tensor(o["proprio"]),
+             C.OBS_STATE: torch.as_tensor(o["state"]), C.OBS_TASK_INDEX: torch.as_tensor(o["task_index"]),
+             C.ACTION_CHUNK: torch.zeros(3, 4, 4), C.ACTION_MASK: torch.ones(3, 4)}
+    gen = torch.Generator()
+    plain = bc_loss_on_batch(policy, batch, "mse", 0, gen)
+    with_aux = bc_loss_on_batch(policy, batch, "mse", 0, gen, aux_weight=1.0)
+    target = policy.privileged_targets(batch[C.OBS_STATE])
+    expected = (a.aux_state - (target - policy.aux_mean) / policy.aux_std).pow(2).sum(-1).mean()
+    assert with_aux.item() == pytest.approx(plain.item() + expected.item(), rel=1e-5)
+    assert build().config.aux_state is False and not hasattr(build(), "aux_head")

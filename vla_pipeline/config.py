@@ -161,6 +161,9 @@ class PolicyConfig(Section):
     # Diagnosis only, never a default: append the object and goal xyz from MetaWorld's state
     # to the proprio input (PRIVILEGED). Separates "cannot see the goal" from "cannot act".
     privileged_state: bool = False
+    # Auxiliary target (not an input): weight of an MSE loss on the object and goal xyz, predicted
+    # from the fused tokens by an extra readout, in every cloning loss (SFT, self-BC). 0 = no head.
+    aux_state_weight: float = Field(0.0, ge=0.0)
     vision: VisionConfig = VisionConfig()
     text: TextConfig = TextConfig()
 

@@ -57,7 +57,7 @@ def train_sft(policy: VLAPolicy, table: StepTable, params: Params, validate: Opt
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    policy.set_normalization(policy.proprio_features(table.proprio, table.state), table.action)
+    policy.set_normalization(policy.proprio_features(table.proprio, table.state), table.action, table.state)
     policy.to(cfg.device).train()
     windows = ChunkWindows(table, policy.config.chunk_len, policy.config.task_names, balance_tasks=cfg.task_balance,
                            task_weights=cfg.task_weights)
@@ -71,7 +71,8 @@ def train_sft(policy: VLAPolicy, table: StepTable, params: Params, validate: Opt
     for step in bar:
         rows = windows.sample(rng, cfg.batch_size)
         batch = batch_to_tensors(windows.batch(rows), cfg.device)
-        loss = bc_loss_on_batch(policy, batch, cfg.loss, cfg.augment_shift, generator)
+        loss = bc_loss_on_batch(policy, batch, cfg.loss, cfg.augment_shift, generator,
+                                params.policy.aux_state_weight)
         optimizer.zero_grad(set_to_none=True)
         if torch.isfinite(loss):
             loss.backward()

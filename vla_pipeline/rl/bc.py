@@ -47,10 +47,16 @@ def batch_to_tensors(batch: dict, device: str) -> dict:
     return {key: torch.as_tensor(value, device=device) for key, value in batch.items()}
 
 
-def bc_loss_on_batch(policy, batch: dict, loss_kind: str, shift: int, generator: torch.Generator) -> torch.Tensor:
-    """The cloning loss of a chunk-window batch (`data.windows.ChunkWindows.batch`)."""
+def bc_loss_on_batch(policy, batch: dict, loss_kind: str, shift: int, generator: torch.Generator,
+                     aux_weight: float = 0.0) -> torch.Tensor:
+    """The cloning loss of a chunk-window batch (`data.windows.ChunkWindows.batch`), plus
+    `aux_weight` x the MSE of the auxiliary object/goal prediction when the policy has that head."""
     pixels = random_shift(policy.preprocess_images(batch[C.OBS_IMAGE]), shift, generator)
     out = policy(images=None, pixels=pixels, proprio=batch[C.OBS_PROPRIO], state=batch[C.OBS_STATE],
                  task_index=batch[C.OBS_TASK_INDEX])
     target = policy.normalize_actions(batch[C.ACTION_CHUNK])
-    return masked_chunk_loss(out.action_mean, out.action_log_std, target, batch[C.ACTION_MASK], loss_kind)
+    loss = masked_chunk_loss(out.action_mean, out.action_log_std, target, batch[C.ACTION_MASK], loss_kind)
+    if aux_weight > 0 and out.aux_state is not None:
+        aux_target = (policy.privileged_targets(batch[C.OBS_STATE].float()) - policy.aux_mean) / policy.aux_std
+        loss = loss + aux_weight * (out.aux_state - aux_target).pow(2).sum(-1).mean()
+    return loss

@@ -95,7 +95,8 @@ class PPOTrainer:
     def bc_loss(self, windows: ChunkWindows) -> torch.Tensor:
         rows = windows.sample(self.rng, self.params.bc.batch_size)
         batch = batch_to_tensors(windows.batch(rows), self.cfg.device)
-        return bc_loss_on_batch(self.policy, batch, self.params.bc.loss, 0, self.generator)
+        return bc_loss_on_batch(self.policy, batch, self.params.bc.loss, 0, self.generator,
+                                self.params.policy.aux_state_weight)
 
     @torch.no_grad()
     def measure_bc_loss(self, batches: int = 4) -> float | None:

@@ -40,6 +40,7 @@ class VLAConfig(PretrainedConfig):
         vision_tokens: str = "grid",
         keypoints: int = 32,
         privileged_state: bool = False,
+        aux_state: bool = False,
         d_model: int = 128,
         fusion_layers: int = 2,
         fusion_heads: int = 4,
@@ -67,6 +68,9 @@ class VLAConfig(PretrainedConfig):
         self.keypoints = keypoints
         # Diagnosis only: the object and goal xyz from MetaWorld's state join the proprio input.
         self.privileged_state = privileged_state
+        # An auxiliary head that predicts the object and goal xyz from the fused tokens (a training
+        # target, never an input): it makes the encoder localise what the pixels must show.
+        self.aux_state = aux_state
         self.d_model = d_model
         self.fusion_layers = fusion_layers
         self.fusion_heads = fusion_heads

@@ -31,6 +31,7 @@ LOG_STD_MIN, LOG_STD_MAX = -5.0, 1.0
 class VLAOutput(ModelOutput):
     action_mean: torch.Tensor = None  # (B, K, A), normalised action space
     action_log_std: torch.Tensor = None  # (K, A)
+    aux_state: torch.Tensor = None  # (B, 6) predicted object + goal xyz (normalised), if the head exists
     value: torch.Tensor = None  # (B,)
 
 
@@ -113,7 +114,8 @@ class VLAPolicy(PreTrainedModel):
         self.vision_pos = nn.Parameter(torch.zeros(1, len(config.cameras) * per_view, d))
         self.text_proj = nn.Linear(self.text.config.d_model, d)
         self.proprio_proj = mlp(config.proprio_input_dim, d, d)
-        self.readouts = nn.Parameter(torch.zeros(1, 2, d))  # [action, value]
+        # Readout tokens: [action, value] (+ [aux] with an auxiliary state head).
+        self.readouts = nn.Parameter(torch.zeros(1, 3 if config.aux_state else 2, d))
         self.type_embed = nn.Parameter(torch.zeros(4, d))  # vision, text, proprio, readout
         layer = nn.TransformerEncoderLayer(d, config.fusion_heads, config.fusion_ff, config.dropout,
                                            activation="gelu", batch_first=True, norm_first=True)
@@ -121,6 +123,11 @@ class VLAPolicy(PreTrainedModel):
         self.final_norm = nn.LayerNorm(d)
         self.action_head = mlp(d, d, config.chunk_len * config.action_dim)
         self.value_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
+        if config.aux_state:
+            # Training-time target only: the object and goal positions the pixels must be read for.
+            self.aux_head = mlp(d, d, C.PRIVILEGED_DIM)
+            self.register_buffer("aux_mean", torch.zeros(C.PRIVILEGED_DIM))
+            self.register_buffer("aux_std", torch.ones(C.PRIVILEGED_DIM))
         self.action_log_std = nn.Parameter(torch.full((config.chunk_len, config.action_dim), float(config.init_log_std)))
         # Normalisation statistics (set from data by `set_normalization`).
         self.register_buffer("proprio_mean", torch.zeros(config.proprio_input_dim))
@@ -195,7 +202,7 @@ class VLAPolicy(PreTrainedModel):
             return proprio
         if state is None:
             raise ValueError("this policy was built with privileged_state: it needs the MetaWorld state")
-        parts = [proprio] + [state[:, a:b] for a, b in C.PRIVILEGED_SLICES]
+        parts = [proprio, self.privileged_targets(state)]
         return torch.cat(parts, -1) if torch.is_tensor(proprio) else np.concatenate(parts, -1)
 
     def normalize_proprio(self, proprio: torch.Tensor) -> torch.Tensor:
@@ -207,9 +214,18 @@ class VLAPolicy(PreTrainedModel):
     def unnormalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
         return actions * self.action_std + self.action_mean
 
+    def privileged_targets(self, state):
+        """Object and goal xyz from MetaWorld's state (numpy or tensor): the auxiliary target."""
+        parts = [state[:, a:b] for a, b in C.PRIVILEGED_SLICES]
+        return torch.cat(parts, -1) if torch.is_tensor(state) else np.concatenate(parts, -1)
+
     @torch.no_grad()
-    def set_normalization(self, proprio: np.ndarray, actions: np.ndarray, min_std: float = 1e-2) -> None:
-        for name, values in (("proprio", proprio), ("action", actions)):
+    def set_normalization(self, proprio: np.ndarray, actions: np.ndarray, states: np.ndarray | None = None,
+                          min_std: float = 1e-2) -> None:
+        stats = [("proprio", proprio), ("action", actions)]
+        if self.config.aux_state and states is not None:
+            stats.append(("aux", self.privileged_targets(states)))
+        for name, values in stats:
             values = torch.as_tensor(np.asarray(values, np.float64))
             getattr(self, f"{name}_mean").copy_(values.mean(0))
             getattr(self, f"{name}_std").copy_(values.std(0).clamp_min(min_std))
@@ -240,14 +256,16 @@ class VLAPolicy(PreTrainedModel):
         pad = torch.zeros(batch, tokens.shape[1], dtype=torch.bool, device=tokens.device)
         pad[:, vis.shape[1]:vis.shape[1] + txt.shape[1]] = attention_mask == 0
         fused = self.final_norm(self.fusion(tokens, src_key_padding_mask=pad))
-        action_token, value_token = fused[:, -2], fused[:, -1]
+        n_read = self.readouts.shape[1]
+        action_token, value_token = fused[:, -n_read], fused[:, -n_read + 1]
         if self.config.value_stop_gradient:
             value_token = value_token.detach()
         k, a = self.config.chunk_len, self.config.action_dim
         mean = self.action_head(action_token).view(batch, k, a)
         value = self.value_head(value_token).squeeze(-1)
         log_std = self.action_log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
-        return VLAOutput(action_mean=mean, action_log_std=log_std, value=value)
+        aux = self.aux_head(fused[:, -1]) if self.config.aux_state else None
+        return VLAOutput(action_mean=mean, action_log_std=log_std, value=value, aux_state=aux)
 
     # ------------------------------------------------------------------ acting
     def obs_to_tensors(self, obs: dict) -> dict:
