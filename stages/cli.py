@@ -284,6 +284,36 @@ def snapshot_cmd(
                 "shards": len(manifest["shards"])})
 
 
+@app.command("seeds")
+@user_errors
+def seeds_cmd(
+    run: list[str] = typer.Option(..., help="NAME=DIR: a run's metrics folder (eval-sft.json, eval-FINAL.json, "
+                                             "paired-FINAL.json); repeat once per seed."),
+    final: str = typer.Option(..., help="The final round's name (e.g. r03)."),
+    out: Path = typer.Option(None, help="Write the table here (JSON metrics)."),
+):
+    """Seeds of the whole chain side by side: SFT vs the final round on the test split, paired."""
+    from vla_pipeline.evaluation import seed_table
+    from vla_pipeline.io import read_json, write_json_atomic
+
+    runs = {}
+    for item in run:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise PipelineError(f"--run {item!r}: expected NAME=DIR")
+        folder = Path(folder)
+        runs[name] = {"sft": read_json(folder / "eval-sft.json", "SFT metrics"),
+                      "final": read_json(folder / f"eval-{final}.json", f"{final} metrics"),
+                      "paired": read_json(folder / f"paired-{final}.json", f"{final} vs SFT comparison")}
+    try:
+        table = seed_table(runs)
+    except (KeyError, TypeError, ValueError) as err:
+        raise PipelineError(f"seeds: {err}") from None
+    if out is not None:
+        write_json_atomic(out, table)
+    _echo_json(table)
+
+
 @app.command("check-params")
 @user_errors
 def check_params_cmd(params_file: Path = PARAMS):

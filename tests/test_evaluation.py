@@ -44,3 +44,20 @@ def test_paired_comparison_refuses_different_lists():
     with pytest.raises(ValueError, match="share no split"):
         paired_comparison([_rec("a", 0, True, 5)], [_rec("a", 0, True, 5, split="train")])
 
+
+
+def test_seed_table_calls_a_gain_real_only_when_positive_on_every_seed():
+    from vla_pipeline.evaluation import seed_table
+
+    def run(sft, final, only_new, only_base):
+        metric = lambda s: {"test": {"success": s, "steps_to_success": 70.0, "success_ci95": [s - 0.05, s + 0.05]}}
+        paired = {"test": {"only_new": only_new, "only_base": only_base, "mcnemar_p": 0.01,
+                           "steps_diff_both_solved": -3.0}}
+        return {"sft": metric(sft), "final": metric(final), "paired": paired}
+
+    table = seed_table({"0": run(0.8, 0.9, 12, 2), "1": run(0.82, 0.86, 8, 4)})
+    assert table["gain_positive_on_every_seed"] and table["mean_success_gain"] == pytest.approx(0.07)
+    assert table["seeds"]["1"]["only_final"] == 8 and table["seeds"]["1"]["success_gain"] == pytest.approx(0.04)
+    assert not seed_table({"0": run(0.8, 0.9, 12, 2), "2": run(0.85, 0.84, 3, 4)})["gain_positive_on_every_seed"]
+    with pytest.raises(ValueError, match="no test split"):
+        seed_table({"0": {**run(0.8, 0.9, 1, 0), "final": {"validation": {}}}})

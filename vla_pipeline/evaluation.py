@@ -327,3 +327,30 @@ def paired_comparison(base: Sequence[dict], new: Sequence[dict]) -> dict:
     if not out["splits"]:
         raise ValueError("the two evaluations share no split")
     return out
+
+
+# ---------------------------------------------------------------- several seeds of the chain
+def seed_table(runs: dict[str, dict], split: str = "test") -> dict:
+    """One row per seed of the whole chain: SFT vs the final round on `split`, paired.
+
+    `runs[name]` holds that run's metrics files as loaded JSON: `sft` and `final` (evaluate
+    metrics) and `paired` (the final round vs SFT from `compare`). A gain is called real
+    only when it is positive on every seed.
+    """
+    rows = {}
+    for name, run in runs.items():
+        sft, final, paired = run["sft"], run["final"], run["paired"]
+        if split not in sft or split not in final or split not in paired:
+            raise ValueError(f"run {name!r} has no {split} split in its SFT, final or paired metrics")
+        rows[name] = {
+            "sft_success": sft[split]["success"], "sft_steps_to_success": sft[split]["steps_to_success"],
+            "final_success": final[split]["success"], "final_success_ci95": final[split]["success_ci95"],
+            "final_steps_to_success": final[split]["steps_to_success"],
+            "success_gain": final[split]["success"] - sft[split]["success"],
+            "only_final": paired[split]["only_new"], "only_sft": paired[split]["only_base"],
+            "mcnemar_p": paired[split]["mcnemar_p"],
+            "steps_diff_both_solved": paired[split]["steps_diff_both_solved"],
+        }
+    gains = [r["success_gain"] for r in rows.values()]
+    return {"split": split, "seeds": rows, "mean_success_gain": float(np.mean(gains)) if gains else None,
+            "gain_positive_on_every_seed": bool(gains) and all(g > 0 for g in gains)}
