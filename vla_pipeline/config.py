@@ -150,16 +150,19 @@ class SFTConfig(Section):
     @field_validator("device")
     @classmethod
     def _device(cls, device: str) -> str:
-        if device != "cpu" and not device.startswith("cuda"):
-            raise ValueError("device must be 'cpu' or 'cuda[:N]'")
+        import re
+
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+            raise ValueError("device must be 'cpu', 'cuda' or 'cuda:N'")
         return device
 
 
 class EvaluateConfig(Section):
     """The fixed evaluation protocol (ARCHITECTURE section 7)."""
 
-    episodes_heldout: int = Field(10, ge=0)  # per task, on held-out variations
-    episodes_seen: int = Field(5, ge=0)  # per task, on train variations
+    # Each split must hold episodes: a split with none would vanish from the metrics.
+    episodes_heldout: int = Field(10, ge=1)  # per task, on held-out variations
+    episodes_seen: int = Field(5, ge=1)  # per task, on train variations
     seed: int = Field(1000, ge=0)
     deterministic: bool = True  # act with the mean of the action head
     videos: int = Field(3, ge=0)  # rollout videos per checkpoint
@@ -167,11 +170,7 @@ class EvaluateConfig(Section):
     num_threads: int = Field(2, ge=1)
     device: str = "cpu"
 
-    @model_validator(mode="after")
-    def _some_episodes(self) -> "EvaluateConfig":
-        if self.episodes_heldout + self.episodes_seen < 1:
-            raise ValueError("episodes_heldout + episodes_seen must be at least 1")
-        return self
+    _device = field_validator("device")(SFTConfig._device.__func__)
 
 
 class PPOConfig(Section):
@@ -212,6 +211,13 @@ class PPOConfig(Section):
     max_skipped_batches: int = Field(0, ge=0)
 
     _device = field_validator("device")(SFTConfig._device.__func__)
+
+    @model_validator(mode="after")
+    def _minibatch_fits(self) -> "PPOConfig":
+        if self.minibatch_size > self.decisions_per_iteration:
+            raise ValueError(f"minibatch_size ({self.minibatch_size}) is larger than decisions_per_iteration "
+                             f"({self.decisions_per_iteration}): every epoch would be a single minibatch")
+        return self
 
 
 class BCConfig(Section):

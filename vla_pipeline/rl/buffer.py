@@ -13,6 +13,7 @@ from typing import Iterable
 import numpy as np
 
 from vla_pipeline.data.snapshot import EncodedEpisode, decode_episodes, decode_frames
+from vla_pipeline.errors import PipelineError
 
 
 @dataclass
@@ -107,5 +108,12 @@ class SelfBCBuffer:
         self._decoded = {order: f for order, f in self._decoded.items() if order in live}
         for e in entries:
             if e.order not in self._decoded or self._decoded[e.order].shape[1:] != tuple(image_shape):
-                self._decoded[e.order] = decode_frames(e.episode, image_shape)
+                try:
+                    self._decoded[e.order] = decode_frames(e.episode, image_shape)
+                except Exception as exc:  # PIL raises many types for corrupt bytes
+                    ep = e.episode
+                    raise PipelineError(
+                        f"buffer episode of {ep.task} (variation {ep.variation}, source {ep.source!r}): its frames "
+                        f"are not {image_shape[0]}x{image_shape[1]} RGB PNG images ({type(exc).__name__}: {exc})"
+                    ) from None
         return decode_episodes([e.episode for e in entries], image_shape, [self._decoded[e.order] for e in entries])
