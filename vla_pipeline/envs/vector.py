@@ -31,9 +31,13 @@ def make_chunk_vector_env(
     if mode == "sync":
         return SyncVectorEnv(factories, autoreset_mode=AutoresetMode.DISABLED)
     _quiet_resource_tracker()
-    return _AsyncChunkEnvs(
-        factories, context="spawn", autoreset_mode=AutoresetMode.DISABLED, daemon=True, worker=_worker
-    )
+    try:
+        return _AsyncChunkEnvs(
+            factories, context="spawn", autoreset_mode=AutoresetMode.DISABLED, daemon=True, worker=_worker
+        )
+    except (EOFError, ConnectionResetError, BrokenPipeError):
+        raise PipelineError("an env worker process died while starting; see its output above "
+                            "(out of memory? a crash in the simulator or renderer?)") from None
 
 
 class _AsyncChunkEnvs(AsyncVectorEnv):
