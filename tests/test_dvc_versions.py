@@ -2,14 +2,14 @@
 to an earlier round, run and compare experiments, and never lose an output to a bad param.
 
 The tests run in file order on one copy of the session's tiny `dvc repro` (tests/conftest.py):
-    r01 committed -> bad params -> queued experiments -> r02 (+ ppo.seed) committed -> clone.
+    r01 committed -> bad params -> queued experiments, one applied and committed (r01 again)
+    -> r02 added and committed -> back to the first r01 -> clone elsewhere.
 """
 
 import csv
 import io
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -148,43 +148,47 @@ def test_queued_experiments_show_apply_and_plots_diff(state):
     page = (state["base"] / "plots" / "index.html").read_text()
     assert "index.html" in html.stdout and all(name in page for name in names) and "success_rate" in page
 
-    run(["git", "reset", "-q", "--hard"], repo, env)  # back to the committed r01 for the next tests
-    run([*DVC, "checkout", "--force"], repo, env)
-    assert outputs(repo) == state["r01_files"]
+    run(["git", "add", "-A"], repo, env)  # keep it: the second version of round r01
+    run(["git", "commit", "-qm", "r01 with ppo.lr 3e-5"], repo, env)
+    run([*DVC, "push"], repo, env)
 
 
 def test_going_back_to_round_r01_after_r02_is_committed(state):
+    """History: r01 -> r01 again (ppo.lr 3e-5, applied experiment) -> r02 added."""
     repo, env = state["repo"], state["env"]
-    raw = yaml.safe_load((repo / "params.yaml").read_text())
-    raw["rounds"]["r02"] = {"policy_in": "r01", "buffer_in": "r01"}
-    raw["ppo"]["seed"] = 1  # a second try at r01 as well, so its bytes change
-    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    assert {"ppo@r01", "ppo@r02", "snapshot@r02"} <= set(ran(run([*DVC, "repro"], repo, env).stdout))
-    run(["git", "add", "-A"], repo, env)
-    run(["git", "commit", "-qm", "r02, ppo.seed 1"], repo, env)
-    run([*DVC, "push"], repo, env)
-    r02_files = outputs(repo)
     round1 = ("data/checkpoints/r01/", "data/buffers/r01/")
     pick = lambda files: {k: v for k, v in files.items() if k.startswith(round1)}  # noqa: E731
-    assert pick(r02_files) and pick(r02_files) != pick(state["r01_files"])
+    second_r01 = pick(outputs(repo))
+    assert second_r01 and second_r01 != pick(state["r01_files"])
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw["rounds"]["r02"] = {"policy_in": "r01", "buffer_in": "r01"}
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    # Adding a round runs only that round (and the params check).
+    assert ran(run([*DVC, "repro"], repo, env).stdout) == ["check_params", "compare_round@r02", "evaluate_round@r02",
+                                                          "ppo@r02", "snapshot@r02"]
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "r02"], repo, env)
+    run([*DVC, "push"], repo, env)
+    r02_files = outputs(repo)
 
     listing = run([sys.executable, "-m", "stages", "versions"], repo, env).stdout
-    assert "ppo.seed: 0 -> 1" in listing and "rounds.r02.policy_in: (none) -> 'r01'" in listing
+    assert "ppo.lr: 1e-05 -> " in listing and "rounds.r02.policy_in: (none) -> 'r01'" in listing
     records = json.loads(run([sys.executable, "-m", "stages", "versions", "--json"], repo, env).stdout)
-    head = run(["git", "rev-parse", "HEAD"], repo, env).stdout.strip()
-    assert [r["commit"] for r in records] == [state["r01"], head]
-    latest = {(o["kind"], o["name"]): o for o in records[-1]["outputs"]}
-    assert latest[("checkpoint", "r01")]["changed"] and not latest[("checkpoint", "sft")]["changed"]
+    history = run(["git", "log", "--reverse", "--format=%H", "--", "dvc.lock"], repo, env).stdout.split()
+    assert [r["commit"] for r in records] == history and len(history) == 3 and history[0] == state["r01"]
+    second, latest = ({(o["kind"], o["name"]): o for o in r["outputs"]} for r in records[1:])
+    assert second[("checkpoint", "r01")]["changed"] and not second[("checkpoint", "sft")]["changed"]
+    assert not latest[("checkpoint", "r01")]["changed"] and latest[("checkpoint", "r02")]["changed"]
     assert latest[("checkpoint", "r02")]["inputs"] == {"policy_in": "r01", "buffer_in": "r01"}
     assert latest[("buffer", "r02")]["test_success"] is not None
 
     run(["git", "checkout", "-q", state["r01"]], repo, env)
     run([*DVC, "checkout"], repo, env)
-    assert pick(outputs(repo)) == pick(state["r01_files"])  # r01's checkpoint and buffer, byte for byte
+    assert pick(outputs(repo)) == pick(state["r01_files"])  # the first r01, byte for byte
     assert "Data and pipelines are up to date" in run([*DVC, "status"], repo, env).stdout
     run(["git", "checkout", "-q", "main"], repo, env)
     run([*DVC, "checkout"], repo, env)
-    assert outputs(repo) == r02_files
+    assert outputs(repo) == r02_files and pick(r02_files) == second_r01
     state["r02_files"] = r02_files
 
 
