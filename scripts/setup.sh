@@ -19,11 +19,18 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 # torch first, pinned: with it installed, nothing else can pull a CUDA build.
 if ! .venv/bin/python -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2.13.0")' 2>/dev/null; then
-  .venv/bin/python -m pip install -q "torch==2.13.0"
+  .venv/bin/python -m pip install -q -c requirements.lock "torch==2.13.0"
 fi
-.venv/bin/python -m pip install -q -e ".[test]"
+# Every other package at the exact version of requirements.lock (scripts/lock.sh writes it).
+.venv/bin/python -m pip install -q -c requirements.lock -e ".[test]"
 .venv/bin/python - <<'PY'
 import torch
 assert not torch.version.cuda or torch.cuda.is_available(), "a CUDA torch build was installed on a CPU machine"
 PY
+
+# DVC remote for checkpoints, buffers, rollouts and videos (`dvc push` after a run, `dvc pull`
+# in a clone): a folder outside the working tree; VLA_DVC_REMOTE=<folder> picks it.
+if [ -d .dvc ]; then
+  bash scripts/remote.sh
+fi
 echo "setup: ok ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))" >&2

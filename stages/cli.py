@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Callable
 
 import typer
 
+from vla_pipeline import preflight
 from vla_pipeline.errors import PipelineError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -20,17 +23,39 @@ PARAMS = typer.Option(Path("params.yaml"), "--params", help="Params file (valida
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Print a PipelineError as one clear message and exit 1 (no traceback)."""
+    """Print a PipelineError as one clear message and exit 1 (no traceback); Ctrl-C and
+    SIGTERM stop with one line too (exit 130 / 143). Under DVC, first sweep the stale
+    temporaries a killed run left anywhere under data/ (io.sweep_stale_temporaries)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            if os.environ.get("DVC_ROOT"):
+                from vla_pipeline.io import sweep_stale_temporaries
+
+                sweep_stale_temporaries(Path(os.environ["DVC_ROOT"]) / "data")
             return fn(*args, **kwargs)
         except PipelineError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            typer.echo(f"interrupted: {fn.__name__.removesuffix('_cmd').replace('_', '-')} stopped; "
+                       "its unfinished outputs were discarded, earlier ones are intact", err=True)
+            raise typer.Exit(130) from None
+        except _Terminated:
+            typer.echo(f"terminated: {fn.__name__.removesuffix('_cmd').replace('_', '-')} stopped by SIGTERM; "
+                       "its unfinished outputs were discarded, earlier ones are intact", err=True)
+            raise typer.Exit(143) from None
 
     return wrapper
+
+
+class _Terminated(BaseException):
+    """Raised by the SIGTERM handler so that `with atomic_directory(...)` blocks clean up."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
 
 
 def _echo_json(obj: dict) -> None:
@@ -45,6 +70,7 @@ def collect_demos_cmd(
     params_file: Path = PARAMS,
 ):
     """Scripted-expert demonstrations -> Parquet snapshot."""
+    preflight.check_rendering()  # before anything imports mujoco
     from vla_pipeline.config import load_params
     from vla_pipeline.demos import collect_demos
     from vla_pipeline.io import atomic_directory, write_json_atomic
@@ -79,6 +105,7 @@ def sft_cmd(
     from vla_pipeline.sft import train_sft, validation_rollouts
 
     params = load_params(params_file)
+    preflight.check_devices(params, ("sft.device",))
     torch.set_num_threads(params.sft.num_threads)
     tasks = resolve_tasks(params.env)
     table, manifest = load_snapshot(demos, tasks)
@@ -112,6 +139,7 @@ def evaluate_cmd(
     params_file: Path = PARAMS,
 ):
     """Evaluate a checkpoint on the fixed episode list."""
+    preflight.check_rendering()  # before anything imports mujoco
     import torch
 
     from vla_pipeline.checkpoint import load_policy
@@ -122,6 +150,7 @@ def evaluate_cmd(
     from vla_pipeline.io import atomic_directory, write_json_atomic
 
     params = load_params(params_file)
+    preflight.check_devices(params, ("evaluate.device",))
     torch.set_num_threads(params.evaluate.num_threads)
     policy = load_policy(checkpoint, params.evaluate.device)
     tasks = resolve_tasks(params.env)
@@ -151,6 +180,7 @@ def evaluate_expert_cmd(
     params_file: Path = PARAMS,
 ):
     """The scripted expert on the same fixed episode list: the ceiling row."""
+    preflight.check_rendering()  # before anything imports mujoco
     from vla_pipeline.config import load_params
     from vla_pipeline.envs.tasks import SPLITS, resolve_tasks
     from vla_pipeline.evaluation import build_metrics, episode_records, evaluate_expert, task_table
@@ -175,7 +205,7 @@ def compare_cmd(
     out: Path = typer.Option(None, help="Write the comparison here (JSON metrics)."),
 ):
     """Paired comparison on the same episodes: who solved what, exact McNemar p, steps on common successes."""
-    from vla_pipeline.evaluation import paired_comparison
+    from vla_pipeline.stats import paired_comparison
     from vla_pipeline.io import write_json_atomic
 
     try:
@@ -219,6 +249,7 @@ def ppo_cmd(
     params_file: Path = PARAMS,
 ):
     """One round of action-chunked PPO with self-BC: policy + buffer in, checkpoint + rollouts out."""
+    preflight.check_rendering()  # before anything imports mujoco
     import torch
 
     from vla_pipeline.checkpoint import load_policy, save_policy
@@ -231,6 +262,7 @@ def ppo_cmd(
 
     params = load_params(params_file)
     item = round_item(params, round_name)
+    preflight.check_devices(params, ("ppo.device",))
     torch.set_num_threads(params.ppo.num_threads)
     policy = load_policy(checkpoint_dir(item.policy_in, data), params.ppo.device)
     tasks = resolve_tasks(params.env)
@@ -293,7 +325,7 @@ def seeds_cmd(
     out: Path = typer.Option(None, help="Write the table here (JSON metrics)."),
 ):
     """Seeds of the whole chain side by side: SFT vs the final round on the test split, paired."""
-    from vla_pipeline.evaluation import seed_table
+    from vla_pipeline.stats import seed_table
     from vla_pipeline.io import read_json, write_json_atomic
 
     runs = {}
@@ -316,11 +348,52 @@ def seeds_cmd(
 
 @app.command("check-params")
 @user_errors
-def check_params_cmd(params_file: Path = PARAMS):
-    """Validate a params file and print it with every default filled in."""
-    from vla_pipeline.config import load_params
+def check_params_cmd(
+    params_file: Path = PARAMS,
+    machine: bool = typer.Option(True, "--machine/--file-only",
+                                 help="Also check that this machine has the devices and OpenGL the params need."),
+    out: Path = typer.Option(None, help="Write a constant stamp here when valid (the DVC stage every stage follows)."),
+):
+    """Validate a params file and print it with every default filled in.
 
-    _echo_json(load_params(params_file).model_dump())
+    As the first DVC stage (`check_params`), a bad value stops `dvc repro` before any stage
+    has deleted its outputs; the stamp's bytes never change, so a valid edit reruns only
+    the stages whose own params changed.
+    """
+    from vla_pipeline.config import load_params
+    from vla_pipeline.io import write_text_atomic
+
+    params = load_params(params_file)
+    if machine:
+        preflight.check_devices(params)
+        preflight.check_rendering()
+    if out is not None:
+        write_text_atomic(out, "valid\n")
+    _echo_json(params.model_dump())
+
+
+@app.command("versions")
+@user_errors
+def versions_cmd(
+    rev: str = typer.Option("HEAD", help="Git revision whose history to list."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON records instead of text."),
+    repo: Path = typer.Option(Path("."), help="Repository root."),
+):
+    """Every versioned checkpoint and buffer: commit, round inputs, params diff, test success."""
+    from vla_pipeline.versions import format_versions, list_versions
+
+    records = list_versions(repo, rev)
+    typer.echo(json.dumps(records, indent=2, sort_keys=True) if as_json else format_versions(records))
+
+
+@app.command("sweep")
+@user_errors
+def sweep_cmd(root: Path = typer.Option(Path("data"), help="Directory to clean.")):
+    """Remove the hidden temporaries (`.<name>.tmp-*`, `.<name>.old-*`) that killed runs left."""
+    from vla_pipeline.io import sweep_stale_temporaries
+
+    for path in sweep_stale_temporaries(root):
+        typer.echo(f"removed {path}")
 
 
 def _header(name: str, params) -> dict:
@@ -360,6 +433,7 @@ def _check_policy_fits_env(policy, params, tasks, checkpoint: Path) -> None:
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm)
     app(prog_name="python -m stages")
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from vla_pipeline.evaluation import mcnemar_exact_p, paired_comparison
+from vla_pipeline.stats import mcnemar_exact_p, paired_comparison
 
 
 def test_mcnemar_exact_p_values():
@@ -47,7 +47,7 @@ def test_paired_comparison_refuses_different_lists():
 
 
 def test_seed_table_calls_a_gain_real_only_when_positive_on_every_seed():
-    from vla_pipeline.evaluation import seed_table
+    from vla_pipeline.stats import seed_table
 
     def run(sft, final, only_new, only_base):
         metric = lambda s: {"test": {"success": s, "steps_to_success": 70.0, "success_ci95": [s - 0.05, s + 0.05]}}

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from vla_pipeline.evaluation import EpisodeResult, build_metrics, wilson_interval
+from vla_pipeline.evaluation import EpisodeResult, build_metrics
+from vla_pipeline.stats import wilson_interval
 from vla_pipeline.rl.bc import masked_chunk_loss
 
 

@@ -208,8 +208,10 @@ class SFTConfig(Section):
     @field_validator("device")
     @classmethod
     def _device(cls, device: str) -> str:
-        if device != "cpu" and not device.startswith("cuda"):
-            raise ValueError("device must be 'cpu' or 'cuda[:N]'")
+        import re
+
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+            raise ValueError("device must be 'cpu', 'cuda' or 'cuda:N'")
         return device
 
     @field_validator("task_weights")
@@ -291,6 +293,13 @@ class PPOConfig(Section):
     max_skipped_batches: int = Field(0, ge=0)
 
     _device = field_validator("device")(SFTConfig._device.__func__)
+
+    @model_validator(mode="after")
+    def _minibatch_fits(self) -> "PPOConfig":
+        if self.minibatch_size > self.decisions_per_iteration:
+            raise ValueError(f"minibatch_size ({self.minibatch_size}) is larger than decisions_per_iteration "
+                             f"({self.decisions_per_iteration}): every epoch would be a single minibatch")
+        return self
 
 
 class BCConfig(Section):

@@ -24,6 +24,9 @@ def image_column(camera: str) -> str:
     return IMAGE_PREFIX + camera
 
 
+# --- evaluation splits, in the order reports show them ---------------------------------
+SPLITS = ("test", "validation", "train")
+
 # --- model batch keys -----------------------------------------------------------------
 OBS_IMAGE = "image"  # uint8 (B, V, H, W, 3): one frame per camera (V views)
 OBS_PROPRIO = "proprio"  # float32 (B, 4), raw (unnormalised)

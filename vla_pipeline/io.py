@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -57,11 +59,17 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _tmp_prefix(path: Path) -> str:
+    """Hidden sibling name of a temporary: `.<name>.tmp-<pid>-<random>` (see remove_stale_temporaries)."""
+    return f".{path.name}.tmp-{os.getpid()}-"
+
+
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     path = Path(path)
+    remove_stale_temporaries(path.parent, path.name)  # left by a killed run
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), dir=path.parent)
         try:
             os.fchmod(fd, 0o644)  # mkstemp makes 0600 files; outputs are ordinary files
             with os.fdopen(fd, "wb") as fh:
@@ -107,7 +115,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     remove_stale_temporaries(path.parent, path.name)  # left by a killed run
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), dir=path.parent))
         tmp.chmod(0o755)
     except OSError as exc:
         raise _explain_os_error(exc, path) from exc
@@ -133,19 +141,65 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def remove_stale_temporaries(parent: str | Path, name: str) -> None:
-    """Delete `.name.tmp-*` / `.name.old-*` left behind by a killed run."""
+# `.<name>.tmp-<pid>-<random>` / `.<name>.old-<pid>` (this module), or `.<name>.<8 chars>.tmp`
+# and `.<name>.tmp-<8 chars>` (written by earlier versions, without the writer's pid).
+_TEMPORARY = re.compile(r"^\.(?P<name>.+?)\.(?:(?:tmp|old)-(?:(?P<pid>\d+)(?:-|$))?.*|[a-z0-9_]{8}\.tmp)$")
+
+
+def _writer_alive(entry_name: str) -> bool:
+    match = _TEMPORARY.match(entry_name)
+    if not match or not match["pid"]:
+        return False
+    pid = int(match["pid"])
+    if pid == os.getpid():
+        return True  # never pull a temporary from under this process's own writer
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def remove_stale_temporaries(parent: str | Path, name: str) -> list[Path]:
+    """Delete `.name.tmp-*` / `.name.old-*` left behind by a killed run; returns what went.
+
+    Files (write_bytes_atomic) and directories (atomic_directory) use the same names; a
+    temporary whose writing process is still alive is left alone.
+    """
     parent = Path(parent)
     if not parent.is_dir():
-        return
+        return []
     path = parent / name
-    olds = sorted(parent.glob(f".{name}.old-*"))
+    mine = [p for p in parent.glob(f".{glob.escape(name)}.*")
+            if (m := _TEMPORARY.match(p.name)) and m["name"] == name and not _writer_alive(p.name)]
+    olds = sorted(p for p in mine if p.name.startswith(f".{name}.old-"))
     if olds and not path.exists():
         # A kill between the two renames of atomic_directory left only the old copy: restore it.
         os.replace(olds[-1], path)
-    for child in parent.glob(f".{name}.*"):
-        if child.name.startswith((f".{name}.tmp-", f".{name}.old-")):
-            if child.is_dir():
-                shutil.rmtree(child, ignore_errors=True)
-            else:
-                child.unlink(missing_ok=True)
+        mine.remove(olds[-1])
+    for child in mine:
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+    return sorted(mine)
+
+
+def sweep_stale_temporaries(root: str | Path) -> list[Path]:
+    """Remove every stale temporary under `root` (a killed run's, of any output); returns them.
+
+    A DVC run-cache restore after a kill runs no stage code, so the killed stage's leftovers
+    stay until a stage command (each sweeps `data/` first) or `python -m stages sweep` runs.
+    """
+    root = Path(root)
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    for dirpath, dirnames, filenames in os.walk(root):
+        names = {m["name"] for n in dirnames + filenames if (m := _TEMPORARY.match(n))}
+        for name in sorted(names):
+            removed += remove_stale_temporaries(dirpath, name)
+        dirnames[:] = sorted(d for d in dirnames if not _TEMPORARY.match(d))
+    return sorted(removed)

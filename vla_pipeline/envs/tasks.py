@@ -6,6 +6,7 @@ import difflib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
+from vla_pipeline.constants import SPLITS
 from vla_pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
@@ -81,7 +82,6 @@ def resolve_tasks(cfg: "EnvConfig") -> list[str]:
     return tasks
 
 
-SPLITS = ("test", "validation", "train")  # in the order reports show them
 
 
 @dataclass(frozen=True, order=True)

@@ -6,14 +6,20 @@ rendered (dvc-scaling.md 3.5). Envs are built inside the workers from picklable 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import signal
+import time
 from typing import Sequence
 
 import numpy as np
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorEnv
+from gymnasium.vector.async_vector_env import AsyncState, _async_worker
 
 from vla_pipeline.config import EnvConfig
 from vla_pipeline.envs.chunk_env import ChunkEnv, EpisodeQueue
+from vla_pipeline.errors import PipelineError
 
 
 def make_chunk_vector_env(
@@ -24,9 +30,74 @@ def make_chunk_vector_env(
     ]
     if mode == "sync":
         return SyncVectorEnv(factories, autoreset_mode=AutoresetMode.DISABLED)
-    return AsyncVectorEnv(
-        factories, context="spawn", autoreset_mode=AutoresetMode.DISABLED, daemon=True
-    )
+    _quiet_resource_tracker()
+    try:
+        return _AsyncChunkEnvs(
+            factories, context="spawn", autoreset_mode=AutoresetMode.DISABLED, daemon=True, worker=_worker
+        )
+    except (EOFError, ConnectionResetError, BrokenPipeError):
+        raise PipelineError("an env worker process died while starting; see its output above "
+                            "(out of memory? a crash in the simulator or renderer?)") from None
+
+
+class _AsyncChunkEnvs(AsyncVectorEnv):
+    """Closing while a step is pending (an exception, Ctrl-C or SIGTERM interrupted the wait)
+    terminates the workers: gymnasium would wait for the pending results again and, when
+    some had already been read, block forever."""
+
+    def reset_wait(self, *args, **kwargs):
+        with self._worker_deaths():
+            return super().reset_wait(*args, **kwargs)
+
+    def step_wait(self, *args, **kwargs):
+        with self._worker_deaths():
+            return super().step_wait(*args, **kwargs)
+
+    def call_wait(self, *args, **kwargs):
+        with self._worker_deaths():
+            return super().call_wait(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def _worker_deaths(self):
+        """A worker that died (crash, OOM kill) closes its pipe: say which, in one line."""
+        try:
+            yield
+        except (EOFError, ConnectionResetError, BrokenPipeError):
+            time.sleep(0.5)  # let the dead worker's exit code land
+            dead = [f"worker {i} (exit code {p.exitcode})" for i, p in enumerate(self.processes) if not p.is_alive()]
+            raise PipelineError(f"an env worker process died: {', '.join(dead) or 'pipe closed'}; "
+                                "see its output above (out of memory? a crash in the simulator or renderer?)") from None
+
+    def close_extras(self, timeout: float | None = None, terminate: bool = False) -> None:
+        if self._state != AsyncState.DEFAULT:
+            self._state = AsyncState.DEFAULT  # the pending results are not wanted any more
+            terminate = True
+        super().close_extras(timeout=timeout, terminate=terminate)
+
+
+def _worker(*args) -> None:
+    """gymnasium's worker, minus the noise when the main process goes away.
+
+    Ctrl-C reaches every process of the terminal's group: workers ignore it and the main
+    process stops them. When the main process is killed, a worker's pipe breaks: it exits
+    silently instead of printing two tracebacks that nobody can act on.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        _async_worker(*args)
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        os._exit(0)
+
+
+def _quiet_resource_tracker() -> None:
+    """After a `kill -9` of the main process, multiprocessing's resource tracker frees the
+    workers' semaphores and warns about them ("leaked semaphore objects"); the cleanup is
+    right, the warning is noise. The tracker starts with the first semaphore and reads
+    PYTHONWARNINGS from the environment it inherits."""
+    rule = "ignore:resource_tracker:UserWarning"
+    current = os.environ.get("PYTHONWARNINGS", "")
+    if rule not in current.split(","):
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [current, rule]))
 
 
 def split_round_robin(items: Sequence, parts: int) -> list[list]:

@@ -1,0 +1,104 @@
+"""Statistics of evaluation results: Wilson intervals, paired comparisons on the same episodes
+(exact McNemar), and the seeds-of-the-chain table. Pure numpy: no envs, no models."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from vla_pipeline.constants import SPLITS
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+EPISODE_KEY = ("task", "variation_seed", "variation", "split", "seed")
+
+
+def mcnemar_exact_p(only_base: int, only_new: int) -> float:
+    """Two-sided exact McNemar test: discordant pairs under H0 are Binomial(n, 1/2)."""
+    n = only_base + only_new
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(only_base, only_new) + 1)) / 2.0 ** n
+    return min(1.0, 2.0 * tail)
+
+
+def _paired_counts(pairs: Sequence[tuple[dict, dict]]) -> dict:
+    both = [(a, b) for a, b in pairs if a["success"] and b["success"]]
+    only_base = sum(a["success"] and not b["success"] for a, b in pairs)
+    only_new = sum(b["success"] and not a["success"] for a, b in pairs)
+    return {
+        "episodes": len(pairs), "both_solved": len(both), "only_base": only_base, "only_new": only_new,
+        "neither": len(pairs) - len(both) - only_base - only_new,
+        "success_diff": (only_new - only_base) / len(pairs) if pairs else None,
+        "mcnemar_p": mcnemar_exact_p(only_base, only_new),
+        # Steps on the episodes both solved: the same starts, so a fair speed comparison.
+        "steps_diff_both_solved": float(np.mean([b["steps_to_success"] - a["steps_to_success"] for a, b in both]))
+        if both else None,
+    }
+
+
+def paired_comparison(base: Sequence[dict], new: Sequence[dict]) -> dict:
+    """Compare two evaluations episode by episode, per split both evaluated.
+
+    A split evaluated by both must hold the same episodes in both (same evaluate/env
+    params); a split only one of them ran (e.g. an intermediate round evaluated on
+    validation only) is left out and listed.
+    """
+    key = lambda r: tuple(r[k] for k in EPISODE_KEY)  # noqa: E731
+    out: dict = {"splits": [], "skipped_splits": []}
+    for split in SPLITS:
+        base_by_key = {key(r): r for r in base if r["split"] == split}
+        new_by_key = {key(r): r for r in new if r["split"] == split}
+        if not base_by_key or not new_by_key:
+            if base_by_key or new_by_key:
+                out["skipped_splits"].append(split)
+            continue
+        if base_by_key.keys() != new_by_key.keys():
+            missing = sorted(base_by_key.keys() ^ new_by_key.keys())[:3]
+            raise ValueError(f"the two evaluations ran different {split} episodes (e.g. {missing}); "
+                             "compare only results of the same evaluate/env params")
+        pairs = [(base_by_key[k], new_by_key[k]) for k in base_by_key]
+        tasks = sorted({k[0] for k in base_by_key})
+        out["splits"].append(split)
+        out[split] = _paired_counts(pairs)
+        out[split]["tasks"] = {t: _paired_counts([p for p in pairs if p[0]["task"] == t]) for t in tasks}
+    if not out["splits"]:
+        raise ValueError("the two evaluations share no split")
+    return out
+
+
+def seed_table(runs: dict[str, dict], split: str = "test") -> dict:
+    """One row per seed of the whole chain: SFT vs the final round on `split`, paired.
+
+    `runs[name]` holds that run's metrics files as loaded JSON: `sft` and `final` (evaluate
+    metrics) and `paired` (the final round vs SFT from `compare`). A gain is called real
+    only when it is positive on every seed.
+    """
+    rows = {}
+    for name, run in runs.items():
+        sft, final, paired = run["sft"], run["final"], run["paired"]
+        if split not in sft or split not in final or split not in paired:
+            raise ValueError(f"run {name!r} has no {split} split in its SFT, final or paired metrics")
+        rows[name] = {
+            "sft_success": sft[split]["success"], "sft_steps_to_success": sft[split]["steps_to_success"],
+            "final_success": final[split]["success"], "final_success_ci95": final[split]["success_ci95"],
+            "final_steps_to_success": final[split]["steps_to_success"],
+            "success_gain": final[split]["success"] - sft[split]["success"],
+            "only_final": paired[split]["only_new"], "only_sft": paired[split]["only_base"],
+            "mcnemar_p": paired[split]["mcnemar_p"],
+            "steps_diff_both_solved": paired[split]["steps_diff_both_solved"],
+        }
+    gains = [r["success_gain"] for r in rows.values()]
+    return {"split": split, "seeds": rows, "mean_success_gain": float(np.mean(gains)) if gains else None,
+            "gain_positive_on_every_seed": bool(gains) and all(g > 0 for g in gains)}
