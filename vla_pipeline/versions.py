@@ -19,7 +19,7 @@ import yaml
 from vla_pipeline.errors import PipelineError
 
 KINDS = {"checkpoints": "checkpoint", "buffers": "buffer"}
-TEST_SPLITS = ("test", "heldout")  # the held-out split's key, newest name first
+REPORTED_SPLITS = ("test", "validation", "heldout")  # the first one evaluated is shown; heldout: schema-1 runs
 
 
 def _git(repo: Path, *args: str, check: bool = True) -> str | None:
@@ -75,11 +75,13 @@ def _outputs(lock: dict) -> dict[str, str]:
     return found
 
 
-def _test_result(metrics: dict) -> tuple[float | None, float | None]:
-    for split in TEST_SPLITS:
+def _reported_result(metrics: dict) -> tuple[str | None, float | None, float | None]:
+    """(split, success, steps) of the most final split an evaluation holds: test when the
+    round was evaluated on it, else validation (rounds default to validation only)."""
+    for split in REPORTED_SPLITS:
         if isinstance(metrics.get(split), dict):
-            return metrics[split].get("success"), metrics[split].get("steps_to_success")
-    return None, None
+            return split, metrics[split].get("success"), metrics[split].get("steps_to_success")
+    return None, None, None
 
 
 def _snapshot(repo: Path, rev: str | None) -> dict:
@@ -125,10 +127,10 @@ def list_versions(repo: str | Path = ".", rev: str = "HEAD", workspace: bool = T
             inputs = rounds.get(name) if isinstance(rounds.get(name), dict) else None
             evaluation = "expert" if name == "demos" else name
             metrics = _load(snap["read"](f"data/metrics/eval-{evaluation}.json"), json.loads)
-            success, steps = _test_result(metrics)
+            split, success, steps = _reported_result(metrics)
             outputs.append({"kind": KINDS[kind], "name": name, "path": f"data/{key}", "md5": md5,
                             "changed": prev_outputs.get(key) != md5, "inputs": inputs,
-                            "test_success": success, "test_steps_to_success": steps,
+                            "split": split, "success": success, "steps_to_success": steps,
                             "evaluation": f"eval-{evaluation}.json" if metrics else None})
         records.append({"commit": sha, "subject": subject,
                         "params_diff": params_diff(previous["params"], snap["params"]) if previous["lock"] else [],
@@ -150,8 +152,8 @@ def format_versions(records: list[dict]) -> str:
         for out in rec["outputs"]:
             inputs = (f"from {out['inputs']['policy_in']} + {out['inputs']['buffer_in']}" if out["inputs"] else "")
             lines.append(f"  {out['kind']:<10} {out['name']:<8} {out['md5'][:10]}  "
-                         f"{'new' if out['changed'] else 'same':<4}  test success {num(out['test_success'], '.3f'):>5}"
-                         f"  steps {num(out['test_steps_to_success'], '.1f'):>5}  {inputs}".rstrip())
+                         f"{'new' if out['changed'] else 'same':<4}  {out['split'] or '':<10} success {num(out['success'], '.3f'):>5}"
+                         f"  steps {num(out['steps_to_success'], '.1f'):>5}  {inputs}".rstrip())
     lines.append("restore a commit's outputs: git checkout <commit> && dvc checkout"
                  "   (back: git checkout - && dvc checkout)")
     return "\n".join(lines)
