@@ -85,8 +85,8 @@ if os.environ.get("DVC_STAGE") and os.environ.get("VLA_MODULE_LOG"):
 '''
 
 
-def copy_worktree(dest: Path) -> None:
-    """The working tree as git sees it (tracked + untracked, not ignored), tiny params, no lock."""
+def copy_git_files(dest: Path) -> None:
+    """Copy the working tree as git sees it (tracked + untracked, not ignored) into `dest`."""
     import shutil
     import subprocess
 
@@ -96,6 +96,11 @@ def copy_worktree(dest: Path) -> None:
         if (ROOT / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, dest / name)
+
+
+def copy_worktree(dest: Path) -> None:
+    """The working tree as git sees it, tiny params, no lock."""
+    copy_git_files(dest)
     # DVC needs every section a stage declares: write the tiny profile with defaults filled in.
     from vla_pipeline.config import load_params
 

@@ -4,13 +4,12 @@ A stage that misses a dep keeps a stale result after that code changes: `dvc rep
 nothing to do while the current code would produce something else.
 """
 
-import shutil
 import subprocess
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, copy_git_files
 from tests.stage_imports import format_report, missing_deps
 
 
@@ -28,12 +27,7 @@ def test_every_stage_depends_on_every_module_its_command_imports(probes):
 
 def test_a_removed_dep_line_is_named(tmp_path, probes):
     """The check itself fails: drop `vla_pipeline/checkpoint.py` from `evaluate`'s deps."""
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        if (ROOT / name).is_file():
-            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, tmp_path / name)
+    copy_git_files(tmp_path)
     dvc_yaml = yaml.safe_load((tmp_path / "dvc.yaml").read_text())
     dvc_yaml["stages"]["evaluate"]["do"]["deps"].remove("vla_pipeline/checkpoint.py")
     dvc_yaml["stages"]["check_params"]["deps"].remove("requirements.lock")
