@@ -3,8 +3,8 @@
 A commit that changed `dvc.lock` pins one version of each output (by DVC's md5). For
 each such commit this lists the checkpoints (`data/checkpoints/<name>`) and buffers
 (`data/buffers/<name>`) with their round inputs, whether the bytes changed since the
-previous listed commit, the params that changed, and the test success of the matching
-evaluation (`data/metrics/eval-<name>.json`, committed in git). Any listed version comes
+previous listed commit, the params that changed, and the success of the matching
+evaluation (`data/metrics/eval-<name>.json`, committed in git) on its most final split. Any listed version comes
 back with `git checkout <commit> && dvc checkout` (README "Versions").
 """
 
@@ -122,7 +122,8 @@ def list_versions(repo: str | Path = ".", rev: str = "HEAD", workspace: bool = T
             kind, name = item[0].split("/")
             return list(KINDS).index(kind), order.get(name, len(order)), name
 
-        for key, md5 in sorted(_outputs(snap["lock"]).items(), key=position):
+        lock_outputs = _outputs(snap["lock"])
+        for key, md5 in sorted(lock_outputs.items(), key=position):
             kind, name = key.split("/")
             inputs = rounds.get(name) if isinstance(rounds.get(name), dict) else None
             evaluation = "expert" if name == "demos" else name
@@ -135,7 +136,7 @@ def list_versions(repo: str | Path = ".", rev: str = "HEAD", workspace: bool = T
         records.append({"commit": sha, "subject": subject,
                         "params_diff": params_diff(previous["params"], snap["params"]) if previous["lock"] else [],
                         "outputs": outputs})
-        prev_outputs = {f"{o['path'].split('/')[1]}/{o['name']}": o["md5"] for o in outputs}
+        prev_outputs = lock_outputs
         previous = snap
     return records
 
