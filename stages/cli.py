@@ -132,10 +132,12 @@ def evaluate_cmd(
     name: str = typer.Option(..., help="Name of this row in tables (e.g. sft, r01)."),
     metrics: Path = typer.Option(..., help="Metrics JSON to write."),
     table: Path = typer.Option(..., help="Per-task records for dvc plots (JSON)."),
-    videos: Path = typer.Option(..., help="Directory for rollout videos."),
+    videos: Path = typer.Option(None, help="Directory for rollout videos (none written without it)."),
     episodes: Path = typer.Option(None, help="Per-episode results (JSON) for `compare`."),
-    splits: str = typer.Option(None, help="Comma-separated splits to run (default: test,validation,train; "
-                                          "validation only for a round without `test: true`)."),
+    splits: str = typer.Option(None, help="Comma-separated splits to run: test, validation, train and iRe-VLA's "
+                                          "groups expert, new (default: test,validation,train; validation only "
+                                          "for a round without `test: true`; an iRe-VLA round adds the groups)."),
+    demos: Path = typer.Option(None, help="Demo snapshot that defines the expert / new groups (needed for them)."),
     params_file: Path = PARAMS,
 ):
     """Evaluate a checkpoint on the fixed episode list."""
@@ -156,18 +158,21 @@ def evaluate_cmd(
     tasks = resolve_tasks(params.env)
     _check_policy_fits_env(policy, params, tasks, checkpoint)
     chosen = _splits(splits) if splits else default_splits(params, name)
-    results, counters = evaluate_policy(policy, params.env, params.evaluate, chosen)
+    standard = [s for s in chosen if s in SPLITS]
+    results, counters = evaluate_policy(policy, params.env, params.evaluate, standard,
+                                        extra=_group_episodes(params, chosen, demos))
     metrics_obj = build_metrics(results, tasks, params.env.max_episode_steps, _header(name, params))
-    with atomic_directory(videos) as tmp:
-        for spec, frames, success in record_videos(policy, params.env, params.evaluate, params.evaluate.videos,
-                                                   chosen[0]):
-            stem = f"{spec.task}-{spec.split}-{spec.variation_seed}-{spec.variation:02d}-{'success' if success else 'fail'}"
-            write_video(tmp / f"{stem}.mp4", frames, params.evaluate.video_scale)
+    if videos is not None and standard:
+        with atomic_directory(videos) as tmp:
+            for spec, frames, success in record_videos(policy, params.env, params.evaluate, params.evaluate.videos,
+                                                       standard[0]):
+                stem = f"{spec.task}-{spec.split}-{spec.variation_seed}-{spec.variation:02d}-{'success' if success else 'fail'}"
+                write_video(tmp / f"{stem}.mp4", frames, params.evaluate.video_scale)
     write_json_atomic(table, task_table(metrics_obj, name))
     if episodes is not None:
         write_json_atomic(episodes, episode_records(results))
     write_json_atomic(metrics, metrics_obj)
-    _echo_json({"name": name, **{k: metrics_obj[k] for k in SPLITS if k in metrics_obj}, "counters": counters})
+    _echo_json({"name": name, **{k: metrics_obj[k] for k in metrics_obj["splits"]}, "counters": counters})
 
 
 @app.command("evaluate-expert")
@@ -187,7 +192,7 @@ def evaluate_expert_cmd(
     from vla_pipeline.io import write_json_atomic
 
     params = load_params(params_file)
-    results, counters = evaluate_expert(params.env, params.evaluate, _splits(splits) if splits else SPLITS)
+    results, counters = evaluate_expert(params.env, params.evaluate, _splits(splits, SPLITS) if splits else SPLITS)
     metrics_obj = build_metrics(results, resolve_tasks(params.env), params.env.max_episode_steps,
                                 _header("expert", params))
     write_json_atomic(table, task_table(metrics_obj, "expert"))
@@ -200,7 +205,8 @@ def evaluate_expert_cmd(
 @app.command("compare")
 @user_errors
 def compare_cmd(
-    base: Path = typer.Option(..., help="Per-episode results of the baseline (from evaluate --episodes)."),
+    base: list[Path] = typer.Option(..., help="Per-episode results of the baseline (from evaluate --episodes); "
+                                             "repeat to join files of different splits."),
     new: Path = typer.Option(..., help="Per-episode results of the policy to compare."),
     out: Path = typer.Option(None, help="Write the comparison here (JSON metrics)."),
 ):
@@ -209,22 +215,41 @@ def compare_cmd(
     from vla_pipeline.io import write_json_atomic
 
     try:
-        result = paired_comparison(_read_episode_records(base), _read_episode_records(new))
+        result = paired_comparison([r for path in base for r in _read_episode_records(path)],
+                                   _read_episode_records(new))
     except ValueError as err:
-        raise PipelineError(f"{base} vs {new}: {err}") from None
+        raise PipelineError(f"{', '.join(map(str, base))} vs {new}: {err}") from None
     if out is not None:
         write_json_atomic(out, result)
     _echo_json({split: {k: v for k, v in result[split].items() if k != "tasks"} for split in result["splits"]})
 
 
-def _splits(text: str) -> list[str]:
-    from vla_pipeline.envs.tasks import SPLITS
+def _splits(text: str, allowed: tuple = None) -> list[str]:
+    from vla_pipeline.constants import REPORTED
 
+    allowed = allowed or REPORTED
     chosen = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = [s for s in chosen if s not in SPLITS]
+    unknown = [s for s in chosen if s not in allowed]
     if unknown or not chosen:
-        raise PipelineError(f"--splits {text!r}: choose from {', '.join(SPLITS)}")
-    return [s for s in SPLITS if s in chosen]
+        raise PipelineError(f"--splits {text!r}: choose from {', '.join(allowed)}")
+    return [s for s in allowed if s in chosen]
+
+
+def _group_episodes(params, chosen: list[str], demos: Path | None) -> list:
+    """iRe-VLA's expert / new episodes, when asked for: they need the demo snapshot."""
+    from vla_pipeline.constants import GROUPS
+    from vla_pipeline.evaluation import demo_configurations, group_episodes
+
+    groups = [g for g in chosen if g in GROUPS]
+    if not groups:
+        return []
+    if demos is None:
+        raise PipelineError(f"the {' / '.join(groups)} groups are defined by the demos: pass --demos data/buffers/demos")
+    try:
+        return group_episodes(params.env, params.evaluate, demo_configurations(demos), params.ire.episodes_per_group,
+                              groups)
+    except ValueError as err:
+        raise PipelineError(str(err)) from None
 
 
 def _read_episode_records(path: Path) -> list[dict]:
@@ -316,29 +341,97 @@ def snapshot_cmd(
                 "shards": len(manifest["shards"])})
 
 
+@app.command("ire-round")
+@user_errors
+def ire_round_cmd(
+    round_name: str = typer.Option(..., "--round", help="Round name (a key of `ire_rounds` in params.yaml)."),
+    data: Path = typer.Option(Path("data"), help="Root of checkpoints/ and buffers/."),
+    demos: Path = typer.Option(Path("data/buffers/demos"), help="Expert demos (what an sl round learns besides D_RL)."),
+    curve: Path = typer.Option(None, help="Training curve (default data/metrics/train-<round>.json)."),
+    params_file: Path = PARAMS,
+):
+    """One iRe-VLA round: rl (trunk frozen, no BC) or ppo (trunk trainable) -> checkpoint + D_RL with
+    its successes; sl (whole model on demos + D_RL) -> checkpoint, D_RL passed on."""
+    preflight.check_rendering()  # before anything imports mujoco
+    import torch
+
+    from vla_pipeline.checkpoint import load_policy, save_policy
+    from vla_pipeline.config import load_params
+    from vla_pipeline.data.snapshot import load_snapshot, read_manifest
+    from vla_pipeline.envs.tasks import resolve_tasks
+    from vla_pipeline.io import atomic_directory, write_json_atomic
+    from vla_pipeline.rl.ire import ire_round_item, open_d_rl, run_rl_round, run_sl_round
+    from vla_pipeline.rl.rounds import buffer_dir, checkpoint_dir, write_buffer
+
+    params = load_params(params_file)
+    item = ire_round_item(params, round_name)
+    device_key = "sft.device" if item.kind == "sl" else "ppo.device"
+    preflight.check_devices(params, (device_key,))
+    device = params.sft.device if item.kind == "sl" else params.ppo.device
+    torch.set_num_threads(params.sft.num_threads if item.kind == "sl" else params.ppo.num_threads)
+    policy = load_policy(checkpoint_dir(item.policy_in, data), device)
+    tasks = resolve_tasks(params.env)
+    _check_policy_fits_env(policy, params, tasks, checkpoint_dir(item.policy_in, data))
+    source = None if item.buffer_in == "demos" else buffer_dir(item.buffer_in, data)
+    if source is not None:
+        _check_snapshot_fits_env(source, read_manifest(source), params)
+    d_rl, filtered = open_d_rl(params, source)
+    size, cameras = params.env.image_size, tuple(params.env.cameras)
+    meta = {"stage": "ire", "kind": item.kind, "round": round_name, "policy_in": item.policy_in,
+            "buffer_in": item.buffer_in}
+    if item.kind == "sl":
+        table, manifest = load_snapshot(demos, tasks)
+        _check_snapshot_fits_env(demos, manifest, params)
+        rl_table = d_rl.step_table(cameras, (size, size, 3)) if len(d_rl) else None
+        result, fraction = run_sl_round(policy, table, rl_table, params, round_name)
+        records = result.curve
+        summary = {"final_loss": result.final_loss, "steps": params.ire.sl_steps, "rl_fraction": fraction,
+                   "d_rl": d_rl.stats(), "skipped_batches": result.skipped_batches}
+    else:
+        result = run_rl_round(policy, d_rl, params, round_name, item.kind)
+        records = result.curve
+        summary = {"successes": len(result.successes), "d_rl": d_rl.stats(), "iterations": params.ire.rl_iterations,
+                   "final": result.curve[-1] if result.curve else None}
+        _echo_json({"round": round_name, **result.counters})
+    with atomic_directory(checkpoint_dir(round_name, data)) as tmp:
+        save_policy(policy, tmp, {**meta, **summary})
+    with atomic_directory(buffer_dir(round_name, data)) as tmp:
+        write_buffer(tmp, d_rl, source, filtered, {"source": "iRe-VLA D_RL", **meta,
+                                                "d_rl": {"key": params.ire.d_rl_key,
+                                                         "capacity": params.ire.d_rl_capacity}},
+                     cameras, (size, size, 3))
+    write_json_atomic(curve or data / "metrics" / f"train-{round_name}.json", records)
+    _echo_json({**meta, **{k: v for k, v in summary.items() if k != "final"}})
+
+
 @app.command("seeds")
 @user_errors
 def seeds_cmd(
     run: list[str] = typer.Option(..., help="NAME=DIR: a run's metrics folder (eval-sft.json, eval-FINAL.json, "
                                              "paired-FINAL.json); repeat once per seed."),
-    final: str = typer.Option(..., help="The final round's name (e.g. r03)."),
+    final: str = typer.Option(..., help="The final round's name (e.g. r03 or ire-sl2)."),
+    split: str = typer.Option("test", help="Split or group to compare on: test, validation, train, expert, new."),
     out: Path = typer.Option(None, help="Write the table here (JSON metrics)."),
 ):
-    """Seeds of the whole chain side by side: SFT vs the final round on the test split, paired."""
+    """Seeds of the whole chain side by side: SFT vs the final round on one split, paired."""
     from vla_pipeline.stats import seed_table
     from vla_pipeline.io import read_json, write_json_atomic
 
+    (split,) = _splits(split)
     runs = {}
     for item in run:
         name, sep, folder = item.partition("=")
         if not sep or not name or not folder:
             raise PipelineError(f"--run {item!r}: expected NAME=DIR")
         folder = Path(folder)
-        runs[name] = {"sft": read_json(folder / "eval-sft.json", "SFT metrics"),
+        sft = read_json(folder / "eval-sft.json", "SFT metrics")
+        if (folder / "groups-sft.json").exists():  # SFT on iRe-VLA's expert / new groups
+            sft = {**read_json(folder / "groups-sft.json", "SFT group metrics"), **sft}
+        runs[name] = {"sft": sft,
                       "final": read_json(folder / f"eval-{final}.json", f"{final} metrics"),
                       "paired": read_json(folder / f"paired-{final}.json", f"{final} vs SFT comparison")}
     try:
-        table = seed_table(runs)
+        table = seed_table(runs, split)
     except (KeyError, TypeError, ValueError) as err:
         raise PipelineError(f"seeds: {err}") from None
     if out is not None:

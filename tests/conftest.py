@@ -46,6 +46,18 @@ def tiny_demos(tmp_path_factory) -> Path:
     return out
 
 
+def tiny_data_root(root: Path, demos: Path, checkpoint: Path, raw: dict) -> tuple[Path, Path]:
+    """A round's world in `root`: data/ with the tiny SFT checkpoint and demos, and params.yaml."""
+    import shutil
+
+    data = root / "data"
+    shutil.copytree(checkpoint, data / "checkpoints" / "sft")
+    shutil.copytree(demos, data / "buffers" / "demos")
+    params = root / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    return data, params
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_demos, tmp_path_factory) -> Path:
     from vla_pipeline.checkpoint import save_policy

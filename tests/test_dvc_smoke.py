@@ -27,8 +27,14 @@ def repo(tiny_pipeline, tmp_path_factory):
 def test_repro_runs_everything_then_nothing_then_one_stage(repo):
     dest, env, first_stdout = repo
     for stage in ("check_params", "collect_demos", "sft", "evaluate_expert", "evaluate@sft", "ppo@r01",
-                  "snapshot@r01", "evaluate_round@r01", "compare_round@r01"):
+                  "snapshot@r01", "evaluate_round@r01", "compare_round@r01", "ire_round@ire-rl1",
+                  "ire_round@ire-sl1", "evaluate_ire@ire-sl1", "evaluate_groups@sft", "evaluate_groups@r01",
+                  "compare_ire@ire-sl1"):
         assert f"Running stage '{stage}'" in first_stdout
+    ire = json.loads((dest / "data/metrics/eval-ire-sl1.json").read_text())
+    assert ire["splits"] == ["test", "validation", "expert", "new"]
+    paired = json.loads((dest / "data/metrics/paired-ire-sl1.json").read_text())
+    assert paired["splits"] == ["test", "validation", "expert", "new"]  # SFT's two files joined
     assert (dest / "data/checkpoints/sft/model.safetensors").is_file()
     assert (dest / "data/metrics/eval-sft.json").is_file() and list((dest / "data/videos/sft").glob("*.mp4"))
 
@@ -55,9 +61,10 @@ def test_repro_runs_everything_then_nothing_then_one_stage(repo):
 def test_same_params_give_identical_buffers_and_metrics(repo):
     """Reproducibility: a forced rerun rewrites byte-identical demos and identical metrics."""
     dest, env, _ = repo
-    buffers = [dest / "data/buffers/demos", dest / "data/buffers/r01"]
+    buffers = [dest / "data/buffers/demos", dest / "data/buffers/r01", dest / "data/buffers/ire-rl1"]
     metrics = [dest / f"data/metrics/{name}.json" for name in ("eval-sft", "eval-r01", "train-r01", "demos",
-                                                                   "episodes-r01", "paired-r01")]
+                                                                   "episodes-r01", "paired-r01", "train-ire-rl1",
+                                                                   "train-ire-sl1", "eval-ire-sl1", "groups-sft")]
     snapshot = lambda: ({(d.name, p.name): p.read_bytes() for d in buffers for p in d.iterdir()},  # noqa: E731
                         [m.read_text() for m in metrics])
     before = snapshot()

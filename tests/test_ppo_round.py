@@ -9,7 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from stages.cli import app
-from tests.conftest import tiny_raw
+from tests.conftest import tiny_data_root, tiny_raw
 from vla_pipeline.config import parse_params
 from vla_pipeline.data.snapshot import load_episodes, read_manifest, sha256_file
 from vla_pipeline.errors import PipelineError
@@ -24,11 +24,7 @@ ROUNDS = {"r01": {"policy_in": "sft", "buffer_in": "demos"}, "r02": {"policy_in"
 @pytest.fixture(scope="module")
 def round_dir(tmp_path_factory, tiny_demos, tiny_checkpoint):
     root = tmp_path_factory.mktemp("rounds")
-    data = root / "data"
-    shutil.copytree(tiny_checkpoint, data / "checkpoints" / "sft")
-    shutil.copytree(tiny_demos, data / "buffers" / "demos")
-    params = root / "params.yaml"
-    params.write_text(yaml.safe_dump(tiny_raw(ppo=PPO, rounds=ROUNDS)))
+    data, params = tiny_data_root(root, tiny_demos, tiny_checkpoint, tiny_raw(ppo=PPO, rounds=ROUNDS))
     for command in ("ppo", "snapshot"):
         result = runner.invoke(app, [command, "--round", "r01", "--data", str(data), "--params", str(params)])
         assert result.exit_code == 0, result.output

@@ -336,6 +336,47 @@ class RoundConfig(Section):
     test: bool = False  # also evaluate on the test split (the final round); else validation only
 
 
+class IreConfig(Section):
+    """iRe-VLA: RL rounds with the trunk frozen (action head, log-std and critic train, no BC),
+    then supervised rounds of the whole model on the demos plus D_RL, the RL successes.
+
+    RL rounds run the chunked-PPO round with `ppo` settings except those named here; kind `ppo`
+    rounds are the same with the trunk trainable (the unstable baseline the method avoids).
+    """
+
+    rl_iterations: int = Field(28, ge=1)  # PPO iterations per RL round (ACPPO's env-step budget)
+    # `fresh`: re-initialise the critic at every RL round (its inputs moved in the SL round);
+    # `keep`: continue from the last one. Either way the first iterations train only the critic.
+    critic: Literal["fresh", "keep"] = "keep"
+    critic_warmup_iterations: int = Field(1, ge=0)
+    # D_RL: every successful RL episode, the shortest `d_rl_capacity` per slot (task, variation).
+    d_rl_key: Literal["task_variation", "task"] = "task_variation"
+    d_rl_capacity: int = Field(2, ge=1)
+    # SL rounds: the SFT loss and loop on demos + D_RL, `sl_rl_fraction` of each batch from D_RL.
+    sl_steps: int = Field(1500, ge=1)
+    sl_lr: float = Field(1e-4, gt=0.0)
+    sl_warmup_steps: int = Field(50, ge=0)
+    sl_batch_size: int = Field(64, ge=2)
+    sl_rl_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    seed: int = Field(0, ge=0)  # each round draws its own streams from (seed, round name)
+    # The paper's groups, on train configurations: `expert` (with a demo: the forgetting check)
+    # and `new` (without one: seen only by RL), this many episodes per task each.
+    episodes_per_group: int = Field(10, ge=1)
+    # Other checkpoints evaluated on the same groups (the comparison rows): sft and ACPPO rounds.
+    baselines: list[str] = Field(default_factory=lambda: ["sft"])
+
+
+IRE_KINDS = ("rl", "sl", "ppo")
+
+
+class IreRoundConfig(Section):
+    # rl: PPO with the trunk frozen, no BC; sl: supervised on demos + D_RL; ppo: the unfrozen baseline
+    kind: Literal["rl", "sl", "ppo"]
+    policy_in: str  # "sft" or an earlier iRe-VLA round
+    buffer_in: str  # an earlier iRe-VLA round's D_RL; "demos" starts an empty D_RL (rl / ppo only)
+    test: bool = False  # also evaluate on the test split (a chain's final round)
+
+
 SECTIONS: dict[str, type[Section]] = {
     "env": EnvConfig,
     "demos": DemosConfig,
@@ -346,6 +387,8 @@ SECTIONS: dict[str, type[Section]] = {
     "bc": BCConfig,
     "buffer": BufferConfig,
     "rounds": RoundConfig,  # a mapping of round name -> RoundConfig
+    "ire": IreConfig,
+    "ire_rounds": IreRoundConfig,  # a mapping of round name -> IreRoundConfig
 }
 
 ROUND_NAME = r"^[a-z0-9][a-z0-9_-]*$"
@@ -364,6 +407,8 @@ class Params(BaseModel):
     bc: BCConfig = BCConfig()
     buffer: BufferConfig = BufferConfig()
     rounds: dict[str, RoundConfig] = Field(default_factory=dict)
+    ire: IreConfig = IreConfig()
+    ire_rounds: dict[str, IreRoundConfig] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _rounds_chain(self) -> "Params":
@@ -373,6 +418,9 @@ class Params(BaseModel):
             if not re.match(ROUND_NAME, name) or name in ("sft", "demos", "expert"):
                 raise ValueError(f"rounds: bad round name {name!r} (lowercase letters, digits, - and _; "
                                  "not sft/demos/expert)")
+            if item.policy_in in self.ire_rounds or item.buffer_in in self.ire_rounds:
+                raise ValueError(f"rounds.{name}: an ACPPO round starts from sft / demos or an ACPPO round, "
+                                 "not from an iRe-VLA round")
             if item.policy_in != "sft" and item.policy_in not in self.rounds:
                 raise ValueError(f"rounds.{name}.policy_in: no round or checkpoint named {item.policy_in!r}")
             if item.buffer_in != "demos" and item.buffer_in not in self.rounds:
@@ -384,7 +432,31 @@ class Params(BaseModel):
                     raise ValueError(f"rounds: round {name!r} is part of a predecessor cycle")
                 seen.add(current)
                 current = self.rounds[current].policy_in
+        self._ire_chain()
         return self
+
+    def _ire_chain(self) -> None:
+        """iRe-VLA rounds: names apart from ACPPO's, predecessors earlier in the list, kinds that fit."""
+        import re
+
+        names = list(self.ire_rounds)
+        for i, (name, item) in enumerate(self.ire_rounds.items()):
+            where = f"ire_rounds.{name}"
+            if not re.match(ROUND_NAME, name) or name in ("sft", "demos", "expert") or name in self.rounds:
+                raise ValueError(f"ire_rounds: bad round name {name!r} (lowercase letters, digits, - and _; "
+                                 "not sft/demos/expert nor an ACPPO round's name)")
+            if item.policy_in != "sft" and item.policy_in not in names[:i]:
+                raise ValueError(f"{where}.policy_in: {item.policy_in!r} is neither sft nor an iRe-VLA round "
+                                 "listed before it")
+            if item.buffer_in != "demos" and item.buffer_in not in names[:i]:
+                raise ValueError(f"{where}.buffer_in: {item.buffer_in!r} is neither demos nor an iRe-VLA round "
+                                 "listed before it")
+            if item.kind == "sl" and item.buffer_in == "demos":
+                raise ValueError(f"{where}: an sl round learns from the demos plus an RL round's successes; "
+                                 "buffer_in must name an iRe-VLA round (its D_RL), not 'demos'")
+        unknown = [b for b in self.ire.baselines if b != "sft" and b not in self.rounds]
+        if unknown:
+            raise ValueError(f"ire.baselines: {unknown} are neither sft nor ACPPO rounds")
 
 
 def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:

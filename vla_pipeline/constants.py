@@ -26,6 +26,9 @@ def image_column(camera: str) -> str:
 
 # --- evaluation splits, in the order reports show them ---------------------------------
 SPLITS = ("test", "validation", "train")
+# iRe-VLA's groups of train configurations: with a demo (the forgetting check) / seen only by RL
+GROUPS = ("expert", "new")
+REPORTED = SPLITS + GROUPS  # every section an evaluation may hold, in report order
 
 # --- model batch keys -----------------------------------------------------------------
 OBS_IMAGE = "image"  # uint8 (B, V, H, W, 3): one frame per camera (V views)

@@ -2,7 +2,9 @@
 
 Three splits, each a fixed list of (task, configuration, seed): `test` (configurations of
 `env.test_seed`, touched only for reported numbers), `validation` (`env.validation_seed`, for
-choosing settings) and `train` (configurations the demos and RL drew from). Per task and per
+choosing settings) and `train` (configurations the demos and RL drew from). iRe-VLA's two
+groups split the train configurations further: `expert` (those with a demo) and `new` (those
+without, seen only by RL). Per task and per
 split: success rate with a 95% Wilson interval, mean steps to success (successes only), mean
 episode length with failures counted at the horizon. The headline is the test split's mean
 over tasks. The scripted expert on the same list is the ceiling row.
@@ -10,10 +12,11 @@ over tasks. The scripted expert on the same list is the ceiling row.
 
 from __future__ import annotations
 
-import math
+import json
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -22,7 +25,9 @@ from vla_pipeline.config import EnvConfig, EvaluateConfig
 from vla_pipeline.envs.chunk_env import ChunkEnv, EpisodeQueue
 from vla_pipeline.envs.experts import run_expert_episode
 from vla_pipeline.envs.sim import TaskSim
-from vla_pipeline.envs.tasks import SPLITS, EpisodeSpec, resolve_tasks, split_configurations
+from vla_pipeline import constants as C
+from vla_pipeline.constants import GROUPS, REPORTED
+from vla_pipeline.envs.tasks import SPLITS, Configuration, EpisodeSpec, resolve_tasks, split_configurations
 from vla_pipeline.envs.vector import make_chunk_vector_env, reset_done, split_round_robin, sum_counters
 from vla_pipeline.parallel import acting_threads
 from vla_pipeline.stats import wilson_interval
@@ -30,10 +35,58 @@ from vla_pipeline.stats import wilson_interval
 
 def default_splits(params, name: str) -> tuple[str, ...]:
     """Every split for SFT, the expert and other checkpoints; a round is evaluated on validation
-    only unless it is marked `test: true` (the final one): test is for reported numbers."""
+    only unless it is marked `test: true` (the final one): test is for reported numbers. An
+    iRe-VLA round is also evaluated on the expert / new groups after every round, as the paper
+    reports them."""
     if name in params.rounds and not params.rounds[name].test:
         return ("validation",)
+    if name in params.ire_rounds:
+        return ("test",) * params.ire_rounds[name].test + ("validation",) + GROUPS
     return SPLITS
+
+
+def demo_configurations(snapshot: Path) -> dict[str, set[Configuration]]:
+    """Per task, the train configurations that have a demo in `snapshot` (the `expert` group).
+    Reads three columns of each shard, not the frames."""
+    import pyarrow.parquet as pq
+
+    try:
+        shards = sorted(json.loads((Path(snapshot) / C.MANIFEST_FILE).read_text())["shards"])
+        columns = (C.TASK, C.VARIATION_SEED, C.VARIATION)
+        out: dict[str, set[Configuration]] = {}
+        for name in shards:
+            table = pq.read_table(Path(snapshot) / name, columns=list(columns))
+            for task, seed, index in zip(*(table.column(c).to_pylist() for c in columns)):
+                out.setdefault(task, set()).add(Configuration(int(seed), int(index)))
+    except (OSError, ValueError, KeyError, TypeError) as err:  # pyarrow's errors are ValueErrors / OSErrors
+        raise ValueError(f"{snapshot}: not a readable demo snapshot ({type(err).__name__}: {err})") from None
+    return out
+
+
+def group_episodes(cfg: EnvConfig, eval_cfg: EvaluateConfig, with_demo: Mapping[str, set[Configuration]],
+                   per_group: int, groups: Sequence[str] = GROUPS) -> list[EpisodeSpec]:
+    """iRe-VLA's groups: train configurations with a demo (`expert`) and without one (`new`).
+
+    Same params and demo snapshot -> the same list; each (task, group) has its own stream.
+    """
+    train = split_configurations(cfg, "train")
+    episodes = []
+    for t, task in enumerate(resolve_tasks(cfg)):
+        demo_configs = with_demo.get(task, set())
+        pools = {"expert": sorted(demo_configs), "new": [c for c in train if c not in demo_configs]}
+        for g, group in enumerate(GROUPS):
+            if group not in groups:
+                continue
+            rng = np.random.default_rng([eval_cfg.seed, t, len(SPLITS) + g])
+            pool = pools[group]
+            if len(pool) < per_group:
+                raise ValueError(f"evaluate: {per_group} {group}-group episodes per task, but {task} has only "
+                                 f"{len(pool)} train configurations {'with' if group == 'expert' else 'without'} "
+                                 "a demo (ire.episodes_per_group)")
+            for i in rng.permutation(len(pool))[:per_group]:
+                config = pool[int(i)]
+                episodes.append(EpisodeSpec(task, config.seed, config.index, int(rng.integers(2**31)), group))
+    return episodes
 
 
 def episodes_per_split(eval_cfg: EvaluateConfig) -> dict[str, int]:
@@ -99,7 +152,7 @@ def build_metrics(results: Sequence[EpisodeResult], tasks: Sequence[str], horizo
     Wilson interval of the pooled episodes is the interval of that mean."""
     metrics: dict = dict(header)
     per_task = {}
-    splits = [s for s in SPLITS if any(r.split == s for r in results)]
+    splits = [s for s in REPORTED if any(r.split == s for r in results)]
     for task in tasks:
         task_results = [r for r in results if r.task == task]
         per_task[task] = {split: summarize([r for r in task_results if r.split == split], horizon)
@@ -180,10 +233,11 @@ def _spec_from_info(info: dict, i: int) -> EpisodeSpec | None:
 
 
 def evaluate_policy(policy, env_cfg: EnvConfig, eval_cfg: EvaluateConfig, splits: Sequence[str] = SPLITS,
-                    gamma: float = 0.99, desc: str = "evaluate"):
+                    gamma: float = 0.99, desc: str = "evaluate", extra: Sequence[EpisodeSpec] = ()):
+    """Run the listed episodes of `splits` (plus `extra`, e.g. the iRe-VLA groups)."""
     import torch
 
-    episodes = evaluation_episodes(env_cfg, eval_cfg, splits)
+    episodes = evaluation_episodes(env_cfg, eval_cfg, splits) + list(extra)
     n_envs = min(env_cfg.num_envs, len(episodes))
     queues = [EpisodeQueue(part) for part in split_round_robin(episodes, n_envs)]
     generator = torch.Generator().manual_seed(eval_cfg.seed)

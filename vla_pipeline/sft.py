@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from vla_pipeline.config import Params
+from vla_pipeline.config import Params, SFTConfig
 from vla_pipeline.data.snapshot import StepTable
 from vla_pipeline.data.windows import ChunkWindows
 from vla_pipeline.errors import PipelineError
@@ -53,14 +53,22 @@ def validation_rollouts(params: Params) -> Validator:
 
 
 def train_sft(policy: VLAPolicy, table: StepTable, params: Params, validate: Optional[Validator] = None) -> TrainResult:
+    """The warm start: fit the normalisation to the demos, then clone them."""
     cfg = params.sft
+    policy.set_normalization(policy.proprio_features(table.proprio, table.state), table.action, table.state)
+    windows = ChunkWindows(table, policy.config.chunk_len, policy.config.task_names, balance_tasks=cfg.task_balance,
+                           task_weights=cfg.task_weights)
+    return train_on_windows(policy, windows, cfg, params.policy.aux_state_weight, validate)
+
+
+def train_on_windows(policy: VLAPolicy, windows, cfg: SFTConfig, aux_state_weight: float,
+                     validate: Optional[Validator] = None) -> TrainResult:
+    """The cloning loop: any sampler with `sample(rng, n)` and `batch(rows)` (SFT's demo windows,
+    or iRe-VLA's mix of demos and RL successes). The normalisation is left as it is."""
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    policy.set_normalization(policy.proprio_features(table.proprio, table.state), table.action, table.state)
     policy.to(cfg.device).train()
-    windows = ChunkWindows(table, policy.config.chunk_len, policy.config.task_names, balance_tasks=cfg.task_balance,
-                           task_weights=cfg.task_weights)
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = get_cosine_schedule_with_warmup(optimizer, min(cfg.warmup_steps, cfg.steps), cfg.steps)
@@ -71,8 +79,7 @@ def train_sft(policy: VLAPolicy, table: StepTable, params: Params, validate: Opt
     for step in bar:
         rows = windows.sample(rng, cfg.batch_size)
         batch = batch_to_tensors(windows.batch(rows), cfg.device)
-        loss = bc_loss_on_batch(policy, batch, cfg.loss, cfg.augment_shift, generator,
-                                params.policy.aux_state_weight)
+        loss = bc_loss_on_batch(policy, batch, cfg.loss, cfg.augment_shift, generator, aux_state_weight)
         optimizer.zero_grad(set_to_none=True)
         if torch.isfinite(loss):
             loss.backward()

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vla_pipeline.constants import SPLITS
+from vla_pipeline.constants import REPORTED
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -57,7 +57,7 @@ def paired_comparison(base: Sequence[dict], new: Sequence[dict]) -> dict:
     """
     key = lambda r: tuple(r[k] for k in EPISODE_KEY)  # noqa: E731
     out: dict = {"splits": [], "skipped_splits": []}
-    for split in SPLITS:
+    for split in REPORTED:
         base_by_key = {key(r): r for r in base if r["split"] == split}
         new_by_key = {key(r): r for r in new if r["split"] == split}
         if not base_by_key or not new_by_key:

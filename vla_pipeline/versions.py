@@ -114,11 +114,12 @@ def list_versions(repo: str | Path = ".", rev: str = "HEAD", workspace: bool = T
     records, previous = [], {"lock": {}, "params": {}}
     prev_outputs: dict[str, str] = {}
     for sha, subject, snap in entries:
-        rounds = snap["params"].get("rounds") or {}
+        rounds = {**(snap["params"].get("ire_rounds") or {}), **(snap["params"].get("rounds") or {})}
         outputs = []
-        order = {name: i for i, name in enumerate(["sft", "demos", *rounds])}
+        order = {name: i for i, name in enumerate(["sft", "demos", *(snap["params"].get("rounds") or {}),
+                                                   *(snap["params"].get("ire_rounds") or {})])}
 
-        def position(item):  # checkpoints before buffers; sft/demos, then rounds in params order
+        def position(item):  # checkpoints before buffers; sft/demos, ACPPO then iRe-VLA rounds in params order
             kind, name = item[0].split("/")
             return list(KINDS).index(kind), order.get(name, len(order)), name
 

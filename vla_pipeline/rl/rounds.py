@@ -29,16 +29,24 @@ def rollouts_dir(name: str, root: Path = DATA) -> Path:
     return root / "rollouts" / name
 
 
-def round_seed(params: Params, round_name: str) -> int:
-    """Each round draws its own random streams: (ppo.seed, round name) -> a seed."""
+def stream_seed(seed: int, round_name: str) -> int:
+    """(a chain's seed, round name) -> the round's seed: each round draws its own streams."""
     import zlib
 
-    return (params.ppo.seed * 1_000_003 + zlib.crc32(round_name.encode())) % 2**31
+    return (seed * 1_000_003 + zlib.crc32(round_name.encode())) % 2**31
+
+
+def round_seed(params: Params, round_name: str) -> int:
+    """Each round draws its own random streams: (ppo.seed, round name) -> a seed."""
+    return stream_seed(params.ppo.seed, round_name)
 
 
 def round_item(params: Params, round_name: str):
     if round_name not in params.rounds:
         known = ", ".join(params.rounds) or "none"
+        if round_name in params.ire_rounds:
+            raise PipelineError(f"{round_name!r} is an iRe-VLA round (under 'ire_rounds', kind "
+                                f"{params.ire_rounds[round_name].kind}): run it with `python -m stages ire-round`")
         raise PipelineError(f"params.yaml: no round named {round_name!r} under 'rounds' (known: {known})")
     return params.rounds[round_name]
 
