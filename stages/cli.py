@@ -365,11 +365,10 @@ def ire_round_cmd(
 
     params = load_params(params_file)
     item = ire_round_item(params, round_name)
-    device_key = "sft.device" if item.kind == "sl" else "ppo.device"
-    preflight.check_devices(params, (device_key,))
-    device = params.sft.device if item.kind == "sl" else params.ppo.device
-    torch.set_num_threads(params.sft.num_threads if item.kind == "sl" else params.ppo.num_threads)
-    policy = load_policy(checkpoint_dir(item.policy_in, data), device)
+    section = "sft" if item.kind == "sl" else "ppo"  # an SL round trains as SFT does, RL rounds as PPO
+    preflight.check_devices(params, (f"{section}.device",))
+    torch.set_num_threads(getattr(params, section).num_threads)
+    policy = load_policy(checkpoint_dir(item.policy_in, data), getattr(params, section).device)
     tasks = resolve_tasks(params.env)
     _check_policy_fits_env(policy, params, tasks, checkpoint_dir(item.policy_in, data))
     source = None if item.buffer_in == "demos" else buffer_dir(item.buffer_in, data)
@@ -384,12 +383,10 @@ def ire_round_cmd(
         _check_snapshot_fits_env(demos, manifest, params)
         rl_table = d_rl.step_table(cameras, (size, size, 3)) if len(d_rl) else None
         result, fraction = run_sl_round(policy, table, rl_table, params, round_name)
-        records = result.curve
         summary = {"final_loss": result.final_loss, "steps": params.ire.sl_steps, "rl_fraction": fraction,
                    "d_rl": d_rl.stats(), "skipped_batches": result.skipped_batches}
     else:
         result = run_rl_round(policy, d_rl, params, round_name, item.kind)
-        records = result.curve
         summary = {"successes": len(result.successes), "d_rl": d_rl.stats(), "iterations": params.ire.rl_iterations,
                    "final": result.curve[-1] if result.curve else None}
         _echo_json({"round": round_name, **result.counters})
@@ -400,7 +397,7 @@ def ire_round_cmd(
                                                 "d_rl": {"key": params.ire.d_rl_key,
                                                          "capacity": params.ire.d_rl_capacity}},
                      cameras, (size, size, 3))
-    write_json_atomic(curve or data / "metrics" / f"train-{round_name}.json", records)
+    write_json_atomic(curve or data / "metrics" / f"train-{round_name}.json", result.curve)
     _echo_json({**meta, **{k: v for k, v in summary.items() if k != "final"}})
 
 

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 from vla_pipeline.config import IreRoundConfig, Params
-from vla_pipeline.data.snapshot import StepTable, load_episodes
+from vla_pipeline.data.snapshot import StepTable
 from vla_pipeline.data.windows import ChunkWindows
 from vla_pipeline.errors import PipelineError
 from vla_pipeline.policies.vla import VLAPolicy
 from vla_pipeline.rl.buffer import SelfBCBuffer
-from vla_pipeline.rl.rounds import stream_seed
+from vla_pipeline.rl.rounds import seed_from_snapshot, stream_seed
 
 
 def ire_round_item(params: Params, round_name: str) -> IreRoundConfig:
@@ -47,12 +47,7 @@ def open_d_rl(params: Params, snapshot: Optional[Path]) -> tuple[SelfBCBuffer, s
     """The D_RL a round continues (empty from `demos`, else a previous round's snapshot), and
     the tasks whose content the current cap filtered (their shards cannot be reused as they are)."""
     d_rl = SelfBCBuffer(params.ire.d_rl_key, params.ire.d_rl_capacity)
-    filtered: set[str] = set()
-    if snapshot is not None:
-        by_task, _ = load_episodes(snapshot)
-        for task in sorted(by_task):
-            filtered |= d_rl.seed(by_task[task])
-    return d_rl, filtered
+    return d_rl, (seed_from_snapshot(d_rl, snapshot) if snapshot is not None else set())
 
 
 # ---------------------------------------------------------------------------- RL phase

@@ -56,11 +56,17 @@ def open_buffer(params: Params, buffer_in: str, snapshot: Path) -> tuple[SelfBCB
     buffer = SelfBCBuffer(params.buffer.key, params.buffer.capacity)
     if buffer_in == "demos" and not params.buffer.seed_with_demos:
         return buffer, set()
+    return buffer, seed_from_snapshot(buffer, snapshot)
+
+
+def seed_from_snapshot(buffer: SelfBCBuffer, snapshot: Path) -> set[str]:
+    """Fill `buffer` from a snapshot, task by task in sorted order; returns the tasks whose
+    content the buffer's cap filtered (their shards cannot be reused as they are)."""
     by_task, _ = load_episodes(snapshot)
     differs = set()
     for task in sorted(by_task):
         differs |= buffer.seed(by_task[task])
-    return buffer, differs
+    return differs
 
 
 def replay_successes(buffer: SelfBCBuffer, rollouts: dict[str, list[Episode]]) -> None:
