@@ -22,7 +22,7 @@ def test_every_stage_depends_on_every_module_its_command_imports(probes):
     report = missing_deps(ROOT, cache=probes)
     assert not report, "\n" + format_report(report) + "\n(add these paths to the stage's deps in dvc.yaml)"
     assert {"check-params", "collect-demos", "sft", "evaluate", "ppo", "snapshot", "compare"} <= probes.keys()
-    assert all("vla_pipeline/config.py" in files for sub, files in probes.items() if sub != "compare")
+    assert all("vla_pipeline/config.py" in files for sub, files in probes.items() if sub not in ("compare", "offline-summary"))
 
 
 def test_a_removed_dep_line_is_named(tmp_path, probes):
@@ -34,5 +34,6 @@ def test_a_removed_dep_line_is_named(tmp_path, probes):
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)  # DVC opens a git repository
     report = missing_deps(tmp_path, cache=probes)
-    assert report == {"evaluate@sft": ["vla_pipeline/checkpoint.py"], "check_params": ["requirements.lock"]}
+    assert report == {"evaluate@sft": ["vla_pipeline/checkpoint.py"], "evaluate@sft-offline": ["vla_pipeline/checkpoint.py"],
+                      "check_params": ["requirements.lock"]}
     assert "stage 'evaluate@sft' runs code its deps do not list: vla_pipeline/checkpoint.py" in format_report(report)

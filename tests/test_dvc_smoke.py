@@ -29,8 +29,12 @@ def test_repro_runs_everything_then_nothing_then_one_stage(repo):
     for stage in ("check_params", "collect_demos", "sft", "evaluate_expert", "evaluate@sft", "ppo@r01",
                   "snapshot@r01", "evaluate_round@r01", "compare_round@r01", "ire_round@ire-rl1",
                   "ire_round@ire-sl1", "evaluate_ire@ire-sl1", "evaluate_groups@sft", "evaluate_groups@r01",
-                  "compare_ire@ire-sl1"):
+                  "compare_ire@ire-sl1", "collect_demos_offline", "sft_offline", "evaluate@sft-offline",
+                  "offline@corft", "evaluate_offline@corft", "offline_summary@corft"):
         assert f"Running stage '{stage}'" in first_stdout
+    corft = json.loads((dest / "data/metrics/corft-corft.json").read_text())
+    assert set(corft["runs"]["corft"]) == {"test", "validation"} and corft["paper"]["unseen_positions_success"] == 0.443
+    assert (dest / "data/checkpoints/corft/critic.safetensors").is_file()
     ire = json.loads((dest / "data/metrics/eval-ire-sl1.json").read_text())
     assert ire["splits"] == ["test", "validation", "expert", "new"]
     paired = json.loads((dest / "data/metrics/paired-ire-sl1.json").read_text())

@@ -377,6 +377,64 @@ class IreRoundConfig(Section):
     test: bool = False  # also evaluate on the test split (a chain's final round)
 
 
+class OfflineConfig(Section):
+    """CO-RFT's second step: chunked offline RL on the small demo set, from its SFT checkpoint.
+
+    A critic ensemble over action chunks learns chunked TD targets (every prefix j = 1..td_chunk,
+    or only the full chunk) with a conservative term (Cal-QL, or plain CQL without the floor);
+    the actor is TD3+BC. Defaults follow TD3_BC and Cal-QL (seeds.md section 4) except where a
+    comment says why.
+    """
+
+    # heads: the trunk is frozen and its readout tokens are cached once per frame (the CPU path);
+    # all: the actor's loss also trains the trunk (a trunk pass per batch: the GPU path).
+    trainable: Literal["heads", "all"] = "heads"
+    success_reward: float = Field(1.0, gt=0.0)  # r_t = success_reward * 1[success at t] - step_cost
+    step_cost: float = Field(0.01, ge=0.0)
+    gamma: float = Field(0.99, gt=0.0, le=1.0)  # per env step: gamma^j across a chunk prefix
+    td_chunk: int = Field(4, ge=1)  # actions the critic scores (<= policy.chunk_len); 1 = one-step TD
+    prefix_heads: bool = True  # one Q per prefix j = 1..td_chunk; false: only the full chunk's
+    ensemble: int = Field(2, ge=2, le=10)
+    critic_hidden: int = Field(256, ge=8)
+    critic_lr: float = Field(3e-4, gt=0.0)
+    actor_lr: float = Field(1e-4, gt=0.0)
+    tau: float = Field(0.005, gt=0.0, le=1.0)  # Polyak rate of the target critic and actor
+    policy_delay: int = Field(2, ge=1)  # actor steps once every this many critic steps
+    target_noise: float = Field(0.2, ge=0.0)  # TD3 target smoothing, normalised action units
+    target_noise_clip: float = Field(0.5, ge=0.0)
+    conservative: Literal["calql", "cql", "none"] = "calql"  # calql = CQL with the MC return floor
+    cql_alpha: float = Field(5.0, ge=0.0)
+    cql_samples: int = Field(4, ge=1)  # random chunks and policy chunks (each) per observation
+    cql_temperature: float = Field(1.0, gt=0.0)
+    bc_alpha: float = Field(2.5, gt=0.0)  # TD3+BC: weight of Q (normalised by mean |Q|) vs the chunk MSE
+    steps: int = Field(6000, ge=1)
+    batch_size: int = Field(256, ge=2)
+    log_every: int = Field(100, ge=1)
+    # The kept weights are the best of validation rollouts every `validate_every` steps (never
+    # the critic loss): `validation_episodes` validation configurations per task.
+    validate_every: int = Field(1500, ge=1)
+    validation_episodes: int = Field(10, ge=1, le=50)
+    seed: int = Field(0, ge=0)
+    device: str = "cpu"
+    num_threads: int = Field(2, ge=1)
+    feature_batch_size: int = Field(256, ge=1)  # frames per trunk pass when caching readouts
+
+    _device = field_validator("device")(SFTConfig._device.__func__)
+
+    @model_validator(mode="after")
+    def _checks_on_log_steps(self) -> "OfflineConfig":
+        if self.validate_every % self.log_every:
+            raise ValueError("offline.validate_every must be a multiple of offline.log_every")
+        return self
+
+
+class OfflineRunConfig(Section):
+    """One CO-RFT run: the `offline` settings with `set` overriding some (an ablation)."""
+
+    set: dict[str, Any] = Field(default_factory=dict)
+    test: bool = False  # also evaluated on the test split
+
+
 SECTIONS: dict[str, type[Section]] = {
     "env": EnvConfig,
     "demos": DemosConfig,
@@ -389,6 +447,9 @@ SECTIONS: dict[str, type[Section]] = {
     "rounds": RoundConfig,  # a mapping of round name -> RoundConfig
     "ire": IreConfig,
     "ire_rounds": IreRoundConfig,  # a mapping of round name -> IreRoundConfig
+    "offline_demos": DemosConfig,  # CO-RFT's small demo set
+    "offline": OfflineConfig,
+    "offline_runs": OfflineRunConfig,  # a mapping of run name -> OfflineRunConfig
 }
 
 ROUND_NAME = r"^[a-z0-9][a-z0-9_-]*$"
@@ -409,6 +470,9 @@ class Params(BaseModel):
     rounds: dict[str, RoundConfig] = Field(default_factory=dict)
     ire: IreConfig = IreConfig()
     ire_rounds: dict[str, IreRoundConfig] = Field(default_factory=dict)
+    offline_demos: DemosConfig = DemosConfig(episodes_per_task=50, frame_every=1, seed=1)
+    offline: OfflineConfig = OfflineConfig()
+    offline_runs: dict[str, OfflineRunConfig] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _rounds_chain(self) -> "Params":
@@ -433,7 +497,38 @@ class Params(BaseModel):
                 seen.add(current)
                 current = self.rounds[current].policy_in
         self._ire_chain()
+        self._offline_runs()
         return self
+
+    def offline_run(self, name: str) -> OfflineConfig:
+        """The `offline` settings of run `name` (its `set` applied)."""
+        if name not in self.offline_runs:
+            raise PipelineError(f"unknown CO-RFT run {name!r}; params.yaml offline_runs has {sorted(self.offline_runs)}")
+        return OfflineConfig.model_validate({**self.offline.model_dump(), **self.offline_runs[name].set})
+
+    def _offline_runs(self) -> None:
+        import re
+
+        if self.offline.td_chunk > self.policy.chunk_len:
+            raise ValueError(f"offline.td_chunk ({self.offline.td_chunk}) is longer than the policy's chunk "
+                             f"(policy.chunk_len {self.policy.chunk_len})")
+        for name, item in self.offline_runs.items():
+            if not re.match(ROUND_NAME, name) or name in ("sft", "demos", "expert") \
+                    or name in self.rounds or name in self.ire_rounds:
+                raise ValueError(f"offline_runs: bad run name {name!r} (lowercase letters, digits, - and _; "
+                                 "not sft/demos/expert nor a round's name)")
+            unknown = sorted(set(item.set) - set(OfflineConfig.model_fields))
+            if unknown:
+                raise ValueError(f"offline_runs.{name}.set: unknown offline keys {unknown}")
+            try:
+                merged = OfflineConfig.model_validate({**self.offline.model_dump(), **item.set})
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                key = ".".join(str(p) for p in first["loc"])
+                raise ValueError(f"offline_runs.{name}.set.{key}: {first['msg']} (got {first.get('input')!r})") from None
+            if merged.td_chunk > self.policy.chunk_len:
+                raise ValueError(f"offline_runs.{name}.set.td_chunk ({merged.td_chunk}) is longer than the "
+                                 f"policy's chunk (policy.chunk_len {self.policy.chunk_len})")
 
     def _ire_chain(self) -> None:
         """iRe-VLA rounds: names apart from ACPPO's, predecessors earlier in the list, kinds that fit."""

@@ -21,16 +21,20 @@ from vla_pipeline.provenance import env_spec, software_versions
 EXPERT_SOURCE = "expert"
 
 
-def demo_episodes(params: Params) -> dict[str, list[EpisodeSpec]]:
+def demo_episodes(params: Params, section: str = "demos") -> dict[str, list[EpisodeSpec]]:
     """Per task: distinct train configurations (all train seeds pooled) in a random order,
-    cycling only when a task asks for more demos than there are configurations."""
+    cycling only when a task asks for more demos than there are configurations.
+
+    `section` names the params section with the demo settings: `demos`, or `offline_demos`
+    (CO-RFT's small set)."""
+    demos = getattr(params, section)
     configurations = split_configurations(params.env, "train")
     plan = {}
     for t, task in enumerate(resolve_tasks(params.env)):
-        rng = np.random.default_rng([params.demos.seed, t])
+        rng = np.random.default_rng([demos.seed, t])
         order = rng.permutation(len(configurations))
         plan[task] = []
-        for i in range(params.demos.episodes_for(task)):
+        for i in range(demos.episodes_for(task)):
             config = configurations[int(order[i % len(order)])]
             plan[task].append(EpisodeSpec(task, config.seed, config.index, int(rng.integers(2**31)), "train"))
     return plan
@@ -53,17 +57,18 @@ def collect_task(env_cfg: dict, task: str, specs: list[EpisodeSpec], noise: floa
     return episodes, {"env_steps": steps, "renders": renders, "seconds": time.perf_counter() - started}
 
 
-def collect_demos(params: Params, out_dir: Path) -> dict:
+def collect_demos(params: Params, out_dir: Path, section: str = "demos") -> dict:
     """Collect, filter and write the demo snapshot into `out_dir` (already atomic)."""
-    plan = demo_episodes(params)
+    demos = getattr(params, section)
+    plan = demo_episodes(params, section)
     env_dict = params.env.model_dump()
     # Jobs of at most ~25 episodes, so both workers stay busy when one task has many demos.
     jobs = []
     for task, specs in plan.items():
         instruction = instruction_for(task, params.env.instruction_style)
         for start in range(0, len(specs), 25):
-            jobs.append((env_dict, task, specs[start:start + 25], params.demos.action_noise, instruction,
-                         params.demos.frame_every))
+            jobs.append((env_dict, task, specs[start:start + 25], demos.action_noise, instruction,
+                         demos.frame_every))
     started = time.perf_counter()
     workers = params.env.num_envs if params.env.vector == "async" else 1
     bar = tqdm(total=sum(len(job[2]) for job in jobs), desc="collect_demos", unit="ep", mininterval=1.0)
@@ -87,16 +92,16 @@ def collect_demos(params: Params, out_dir: Path) -> dict:
     kept, expert_stats = {}, {}
     for task, episodes in episodes_by_task.items():
         solved = [ep for ep in episodes if ep.steps_to_success > 0]
-        kept[task] = solved if params.demos.only_successes else episodes
+        kept[task] = solved if demos.only_successes else episodes
         expert_stats[task] = {"episodes": len(episodes), "success_rate": len(solved) / len(episodes),
                               "kept": len(kept[task])}
         if not kept[task]:
             raise PipelineError(f"collect_demos: the expert solved no episode of {task}; nothing to keep")
     size = params.env.image_size
-    provenance = {"source": EXPERT_SOURCE, "env": env_spec(params.env), "demos": params.demos.model_dump(),
+    provenance = {"source": EXPERT_SOURCE, "env": env_spec(params.env), "demos": demos.model_dump(),
                   "versions": software_versions()}
     manifest = write_snapshot(out_dir, kept, params.env.cameras, (size, size, 3), provenance,
-                              params.demos.rows_per_row_group)
+                              demos.rows_per_row_group)
     steps = sum(r[1]["env_steps"] for r in results)
     renders = sum(r[1]["renders"] for r in results)
     busy = sum(r[1]["seconds"] for r in results)

@@ -37,11 +37,13 @@ def default_splits(params, name: str) -> tuple[str, ...]:
     """Every split for SFT, the expert and other checkpoints; a round is evaluated on validation
     only unless it is marked `test: true` (the final one): test is for reported numbers. An
     iRe-VLA round is also evaluated on the expert / new groups after every round, as the paper
-    reports them."""
+    reports them. A CO-RFT run: validation, and test when marked."""
     if name in params.rounds and not params.rounds[name].test:
         return ("validation",)
     if name in params.ire_rounds:
         return ("test",) * params.ire_rounds[name].test + ("validation",) + GROUPS
+    if name in params.offline_runs:
+        return ("test",) * params.offline_runs[name].test + ("validation",)
     return SPLITS
 
 

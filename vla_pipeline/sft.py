@@ -36,14 +36,16 @@ class TrainResult:
     validation: Optional[dict] = None  # the kept weights' validation result
 
 
-def validation_rollouts(params: Params) -> Validator:
-    """Roll the policy out on the first `sft.validation_episodes` validation configurations per task."""
+def validation_rollouts(params: Params, episodes: Optional[int] = None, desc: str = "sft validation") -> Validator:
+    """Roll the policy out on the first `episodes` (default `sft.validation_episodes`) validation
+    configurations per task."""
     from vla_pipeline.evaluation import evaluate_policy
 
-    eval_cfg = params.evaluate.model_copy(update={"episodes_validation": params.sft.validation_episodes})
+    count = params.sft.validation_episodes if episodes is None else episodes
+    eval_cfg = params.evaluate.model_copy(update={"episodes_validation": count})
 
     def validate(policy: VLAPolicy) -> dict:
-        results, _ = evaluate_policy(policy, params.env, eval_cfg, ["validation"], desc="sft validation")
+        results, _ = evaluate_policy(policy, params.env, eval_cfg, ["validation"], desc=desc)
         tasks = sorted({r.task for r in results})
         per_task = [np.mean([r.success for r in results if r.task == t]) for t in tasks]
         wins = [r.steps_to_success for r in results if r.success]

@@ -102,3 +102,70 @@ def seed_table(runs: dict[str, dict], split: str = "test") -> dict:
     gains = [r["success_gain"] for r in rows.values()]
     return {"split": split, "seeds": rows, "mean_success_gain": float(np.mean(gains)) if gains else None,
             "gain_positive_on_every_seed": bool(gains) and all(g > 0 for g in gains)}
+
+
+# CO-RFT's abstract (seeds.md section 4.8): real robot, RoboVLMs base model, supervised baseline.
+CORFT_PAPER = {
+    "success_gain_relative": 0.57, "cycle_time_change": -0.223, "unseen_positions_success": 0.443,
+    "setting": "real robot, RoboVLMs, 30-60 demos, dense reward; relative vs absolute gain not stated",
+}
+
+
+def _success_and_steps(records: Sequence[dict]) -> tuple[float, float | None]:
+    wins = [r["steps_to_success"] for r in records if r["success"]]
+    return float(np.mean([r["success"] for r in records])), (float(np.mean(wins)) if wins else None)
+
+
+def _relative(new: float | None, base: float | None) -> float | None:
+    return None if new is None or not base else new / base - 1.0
+
+
+def paired_relative_changes(base: Sequence[dict], new: Sequence[dict], resamples: int, seed: int = 0) -> dict:
+    """Relative success gain and relative change of mean steps to success (solved episodes of each),
+    with 95% intervals from a paired bootstrap that resamples episodes within each task."""
+    base_success, base_steps = _success_and_steps(base)
+    new_success, new_steps = _success_and_steps(new)
+    rng = np.random.default_rng(seed)
+    tasks = sorted({r["task"] for r in base})
+    by_task = [np.flatnonzero([r["task"] == t for r in base]) for t in tasks]
+    b_ok = np.array([r["success"] for r in base], float)
+    n_ok = np.array([r["success"] for r in new], float)
+    b_steps = np.array([r["steps_to_success"] if r["success"] else 0 for r in base], float)
+    n_steps = np.array([r["steps_to_success"] if r["success"] else 0 for r in new], float)
+    gains, step_changes = [], []
+    for _ in range(resamples):
+        idx = np.concatenate([rng.choice(rows, len(rows)) for rows in by_task])
+        if b_ok[idx].sum() and n_ok[idx].sum():
+            gains.append(n_ok[idx].mean() / b_ok[idx].mean() - 1.0)
+            step_changes.append((n_steps[idx].sum() / n_ok[idx].sum()) / (b_steps[idx].sum() / b_ok[idx].sum()) - 1.0)
+    interval = lambda xs: [float(np.percentile(xs, 2.5)), float(np.percentile(xs, 97.5))] if xs else None  # noqa: E731
+    return {"base_success": base_success, "success": new_success, "success_diff": new_success - base_success,
+            "success_gain_relative": _relative(new_success, base_success), "success_gain_relative_ci95": interval(gains),
+            "base_steps_to_success": base_steps, "steps_to_success": new_steps,
+            "steps_change_relative": _relative(new_steps, base_steps), "steps_change_relative_ci95": interval(step_changes)}
+
+
+def offline_summary(base: Sequence[dict], runs: dict[str, Sequence[dict]], resamples: int = 2000) -> dict:
+    """CO-RFT runs vs their imitation policy on the same test episodes (validation as well when
+    both have it), beside the paper's numbers. The test split's placements are unseen by the
+    demos, so its success is the analogue of the paper's success at unseen positions."""
+    key = lambda r: tuple(r[k] for k in EPISODE_KEY)  # noqa: E731
+    out: dict = {"paper": CORFT_PAPER, "runs": {}}
+    for name, new in runs.items():
+        row = {}
+        for split in ("test", "validation"):
+            base_by_key = {key(r): r for r in base if r["split"] == split}
+            new_by_key = {key(r): r for r in new if r["split"] == split}
+            if not base_by_key or not new_by_key:
+                continue
+            if base_by_key.keys() != new_by_key.keys():
+                raise ValueError(f"run {name!r} and the base ran different {split} episodes; "
+                                 "compare results of the same evaluate/env params")
+            keys = sorted(base_by_key)
+            pairs = [(base_by_key[k], new_by_key[k]) for k in keys]
+            row[split] = {**paired_relative_changes([p[0] for p in pairs], [p[1] for p in pairs], resamples),
+                          **{k: v for k, v in _paired_counts(pairs).items() if k != "success_diff"}}
+        if not row:
+            raise ValueError(f"run {name!r} shares no test or validation episodes with the base")
+        out["runs"][name] = row
+    return out

@@ -114,12 +114,15 @@ def list_versions(repo: str | Path = ".", rev: str = "HEAD", workspace: bool = T
     records, previous = [], {"lock": {}, "params": {}}
     prev_outputs: dict[str, str] = {}
     for sha, subject, snap in entries:
-        rounds = {**(snap["params"].get("ire_rounds") or {}), **(snap["params"].get("rounds") or {})}
+        offline = {name: {"policy_in": "sft-offline", "buffer_in": "demos-offline"}
+                   for name in snap["params"].get("offline_runs") or {}}
+        rounds = {**offline, **(snap["params"].get("ire_rounds") or {}), **(snap["params"].get("rounds") or {})}
         outputs = []
         order = {name: i for i, name in enumerate(["sft", "demos", *(snap["params"].get("rounds") or {}),
-                                                   *(snap["params"].get("ire_rounds") or {})])}
+                                                   *(snap["params"].get("ire_rounds") or {}),
+                                                   "sft-offline", "demos-offline", *offline])}
 
-        def position(item):  # checkpoints before buffers; sft/demos, ACPPO then iRe-VLA rounds in params order
+        def position(item):  # checkpoints before buffers; sft/demos, ACPPO, iRe-VLA, then CO-RFT in params order
             kind, name = item[0].split("/")
             return list(KINDS).index(kind), order.get(name, len(order)), name
 

@@ -267,6 +267,8 @@ class StepTable:
     episode_length: np.ndarray
     steps_to_success: np.ndarray
     has_frame: np.ndarray  # bool: a frame was rendered at this step
+    success: np.ndarray  # bool: the env reported success at this step
+    terminated: np.ndarray  # bool: true on an episode's last row when it ended by termination
 
     def __len__(self) -> int:
         return len(self.episode)
@@ -306,6 +308,7 @@ def decode_steps(table: pa.Table, cameras: Sequence[str], image_shape: tuple[int
         source=np.asarray(table.column(C.SOURCE).to_pylist(), object), episode_length=col(C.EPISODE_LENGTH),
         steps_to_success=col(C.STEPS_TO_SUCCESS),
         has_frame=np.asarray([bool(b) for b in table.column(C.image_column(cameras[0])).to_pylist()], bool),
+        success=col(C.SUCCESS).astype(bool), terminated=col(C.TERMINATED).astype(bool),
     )
 
 

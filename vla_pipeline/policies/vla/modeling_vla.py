@@ -243,6 +243,15 @@ class VLAPolicy(PreTrainedModel):
     ) -> VLAOutput:
         """`images` uint8 (B,V,H,W,3) (or ready `pixels`); text by `task_index` or token ids;
         `state` (B, 39) is read only by a privileged policy."""
+        readouts = self.readout_tokens(images, proprio, task_index, input_ids, attention_mask, pixels, state)
+        return self.heads(readouts)
+
+    def readout_tokens(self, images, proprio, task_index=None, input_ids=None, attention_mask=None,
+                       pixels=None, state=None) -> torch.Tensor:
+        """The trunk: all inputs -> the fused readout tokens (B, readouts, d): [action, value(, aux)].
+
+        Everything the heads read; CO-RFT caches it once per frame to train heads on a frozen trunk.
+        """
         if pixels is None:
             pixels = self.preprocess_images(images)
         batch = pixels.shape[0]
@@ -256,15 +265,22 @@ class VLAPolicy(PreTrainedModel):
         pad = torch.zeros(batch, tokens.shape[1], dtype=torch.bool, device=tokens.device)
         pad[:, vis.shape[1]:vis.shape[1] + txt.shape[1]] = attention_mask == 0
         fused = self.final_norm(self.fusion(tokens, src_key_padding_mask=pad))
-        n_read = self.readouts.shape[1]
-        action_token, value_token = fused[:, -n_read], fused[:, -n_read + 1]
+        return fused[:, -self.readouts.shape[1]:]
+
+    def action_chunk_mean(self, action_token: torch.Tensor) -> torch.Tensor:
+        """The action readout (B, d) -> the chunk mean (B, K, A) in normalised action units."""
+        return self.action_head(action_token).view(action_token.shape[0], self.config.chunk_len,
+                                                   self.config.action_dim)
+
+    def heads(self, readouts: torch.Tensor) -> VLAOutput:
+        """Fused readout tokens -> action chunk mean, log-std, value (and the aux state)."""
+        action_token, value_token = readouts[:, 0], readouts[:, 1]
         if self.config.value_stop_gradient:
             value_token = value_token.detach()
-        k, a = self.config.chunk_len, self.config.action_dim
-        mean = self.action_head(action_token).view(batch, k, a)
+        mean = self.action_chunk_mean(action_token)
         value = self.value_head(value_token).squeeze(-1)
         log_std = self.action_log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
-        aux = self.aux_head(fused[:, -1]) if self.config.aux_state else None
+        aux = self.aux_head(readouts[:, -1]) if self.config.aux_state else None
         return VLAOutput(action_mean=mean, action_log_std=log_std, value=value, aux_state=aux)
 
     # ------------------------------------------------------------------ acting

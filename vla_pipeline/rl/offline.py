@@ -1,0 +1,405 @@
+"""CO-RFT step 2: chunked offline RL on demonstrations (README "CO-RFT", seeds.md section 4).
+
+Every demo step t is a transition (not only chunk-aligned ones): the observation o_t, the data
+chunk a[t:t+K] with its pad mask, and for each prefix j = 1..J (J = `td_chunk`)
+
+    y_t^(j) = sum_{i<j} gamma^i r_{t+i} + gamma^j (1 - d_{t,j}) min_m Qbar_m^(J)(o_{t+j}, pibar(o_{t+j}))
+
+where d_{t,j} = 1 when the episode ended within the first j actions. A critic ensemble reads
+the trunk's fused readout tokens plus the (padded) chunk and predicts one value per prefix (or
+the full chunk's only). A conservative term (Cal-QL: CQL with policy-chunk values floored at
+the Monte-Carlo return-to-go) keeps unseen chunks low; the actor is TD3+BC on the policy's
+action head. With `trainable: heads` the trunk is frozen and its readouts are computed once
+per frame, so each update is a few small MLPs.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from vla_pipeline import constants as C
+from vla_pipeline.config import OfflineConfig
+from vla_pipeline.data.snapshot import StepTable
+from vla_pipeline.data.windows import ChunkWindows
+from vla_pipeline.errors import PipelineError
+from vla_pipeline.policies.vla import VLAPolicy
+
+Validator = Callable[[VLAPolicy], dict]
+CRITIC_FILE = "critic.safetensors"  # critic + Polyak targets, beside the policy in a CO-RFT checkpoint
+CRITIC_CONFIG_FILE = "critic.json"
+
+
+# ---------------------------------------------------------------------------- data
+
+
+@dataclass
+class ChunkTargets:
+    """Per row of a step table, what the chunk TD target needs (J = td_chunk columns)."""
+
+    prefix_return: np.ndarray  # (N, J) sum_{i<j} gamma^i r_{t+i}, rewards past the episode end are 0
+    done: np.ndarray  # (N, J) 1 when the episode terminated within the first j actions
+    bootstrap: np.ndarray  # (N, J) 1 when o_{t+j} exists (the episode goes on past t+j)
+    valid: np.ndarray  # (N, J) 0 when the episode was cut (truncated) inside the prefix: no target
+    next_row: np.ndarray  # (N, J) row of o_{t+j} (clipped to the episode's last row)
+    return_to_go: np.ndarray  # (N,) sum_i gamma^i r_{t+i} to the episode's end: Cal-QL's floor
+
+
+def step_rewards(success: np.ndarray, success_reward: float, step_cost: float) -> np.ndarray:
+    """r_t = success_reward * 1[success at t] - step_cost (a demo ends at its success)."""
+    return success.astype(np.float64) * success_reward - step_cost
+
+
+def chunk_targets(step: np.ndarray, episode_length: np.ndarray, reward: np.ndarray, terminated: np.ndarray,
+                  td_chunk: int, gamma: float) -> ChunkTargets:
+    """Everything but the bootstrap value of y_t^(j), for every row. Rows ordered by (episode, step);
+    `terminated[i]` is true on an episode's last row when it ended by termination (success)."""
+    n = len(step)
+    remaining = episode_length - step  # actions left in the episode, this one included
+    last_row = np.arange(n) + remaining - 1
+    ended_by_termination = terminated[last_row]
+    # Return-to-go by a backward pass over each episode.
+    return_to_go = np.zeros(n)
+    running = 0.0
+    for i in range(n - 1, -1, -1):
+        running = reward[i] + gamma * (running if remaining[i] > 1 else 0.0)
+        return_to_go[i] = running
+    prefix_return = np.zeros((n, td_chunk))
+    done = np.zeros((n, td_chunk))
+    bootstrap = np.zeros((n, td_chunk))
+    valid = np.ones((n, td_chunk))
+    next_row = np.zeros((n, td_chunk), np.int64)
+    acc = np.zeros(n)
+    for j in range(1, td_chunk + 1):
+        inside = remaining >= j  # the j-th action (step t+j-1) exists
+        acc = acc + np.where(inside, gamma ** (j - 1) * reward[np.minimum(np.arange(n) + j - 1, last_row)], 0.0)
+        prefix_return[:, j - 1] = acc
+        ends = remaining <= j  # the episode is over after the prefix: no o_{t+j}
+        done[:, j - 1] = ends & ended_by_termination
+        bootstrap[:, j - 1] = ~ends
+        valid[:, j - 1] = ~(ends & ~ended_by_termination)
+        next_row[:, j - 1] = np.minimum(np.arange(n) + j, last_row)
+    return ChunkTargets(prefix_return.astype(np.float32), done.astype(np.float32), bootstrap.astype(np.float32),
+                        valid.astype(np.float32), next_row, return_to_go.astype(np.float32))
+
+
+def check_every_step_has_a_frame(table: StepTable) -> None:
+    if not table.has_frame.all():
+        missing = int((~table.has_frame).sum())
+        raise PipelineError(f"CO-RFT needs a frame at every step (o_(t+j) for every j); this snapshot lacks "
+                            f"{missing} of {len(table.has_frame)} (collect it with offline_demos.frame_every: 1)")
+
+
+# ---------------------------------------------------------------------------- features
+
+
+@torch.no_grad()
+def cache_readouts(policy: VLAPolicy, table: StepTable, task_index: np.ndarray, batch_size: int,
+                   device: str, desc: str = "cache readouts") -> torch.Tensor:
+    """The frozen trunk's fused readout tokens for every row: (N, readouts, d), float32, on `device`."""
+    policy.eval()
+    out = []
+    for start in tqdm(range(0, len(task_index), batch_size), desc=desc, unit="batch", mininterval=2.0):
+        out.append(policy.readout_tokens(**_trunk_inputs(policy, table, task_index,
+                                                         np.arange(start, min(start + batch_size, len(task_index))),
+                                                         device)))
+    return torch.cat(out)
+
+
+def _trunk_inputs(policy: VLAPolicy, table: StepTable, task_index: np.ndarray, rows: np.ndarray, device: str) -> dict:
+    inputs = {"images": torch.as_tensor(table.images[rows], device=device),
+              "proprio": torch.as_tensor(table.proprio[rows], device=device),
+              "task_index": torch.as_tensor(task_index[rows], device=device)}
+    if policy.config.privileged_state:
+        inputs["state"] = torch.as_tensor(table.state[rows], device=device)
+    return inputs
+
+
+class CachedReadouts:
+    """`trainable: heads`: readouts looked up in the cache; nothing flows into the trunk."""
+
+    def __init__(self, cache: torch.Tensor):
+        self.cache = cache
+
+    def critic(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.cache[rows].flatten(1)
+
+    def actor(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.cache[rows, 0]
+
+
+class LiveReadouts:
+    """`trainable: all`: a trunk pass per batch; the actor's loss trains the trunk, the critic
+    reads it through a stop-gradient (a noisy critic must not move the imitation features)."""
+
+    def __init__(self, policy: VLAPolicy, table: StepTable, task_index: np.ndarray, device: str):
+        self.policy, self.table, self.task_index, self.device = policy, table, task_index, device
+
+    def _tokens(self, rows: torch.Tensor) -> torch.Tensor:
+        flat = rows.reshape(-1).cpu().numpy()
+        tokens = self.policy.readout_tokens(**_trunk_inputs(self.policy, self.table, self.task_index, flat,
+                                                            self.device))
+        return tokens.reshape(*rows.shape, *tokens.shape[1:])
+
+    def critic(self, rows: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self._tokens(rows).flatten(-2)
+
+    def actor(self, rows: torch.Tensor) -> torch.Tensor:
+        return self._tokens(rows)[..., 0, :]
+
+
+# ---------------------------------------------------------------------------- critic
+
+
+class ChunkCritic(nn.Module):
+    """An ensemble of Q heads: (critic readout, chunk of J actions, its mask) -> one value per prefix.
+
+    The readout's projection is computed once per observation and shared by every chunk scored
+    there (the conservative term scores many chunks per observation).
+    """
+
+    def __init__(self, feature_dim: int, td_chunk: int, action_dim: int, hidden: int, ensemble: int,
+                 prefix_heads: bool):
+        super().__init__()
+        self.arguments = {"feature_dim": feature_dim, "td_chunk": td_chunk, "action_dim": action_dim,
+                          "hidden": hidden, "ensemble": ensemble, "prefix_heads": prefix_heads}
+        self.td_chunk, self.action_dim = td_chunk, action_dim
+        self.outputs = td_chunk if prefix_heads else 1
+        self.obs_in = nn.ModuleList(nn.Linear(feature_dim, hidden) for _ in range(ensemble))
+        self.chunk_in = nn.ModuleList(nn.Linear(td_chunk * (action_dim + 1), hidden, bias=False)
+                                      for _ in range(ensemble))
+        self.body = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.LayerNorm(hidden),
+                          nn.GELU(), nn.Linear(hidden, self.outputs))
+            for _ in range(ensemble))
+
+    def describe(self) -> dict:
+        """What rebuilds this critic (saved as JSON beside its safetensors)."""
+        return {"class": "ChunkCritic", **self.arguments}
+
+    def forward(self, features: torch.Tensor, chunks: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """features (B, F); chunks (B, S, J, A); mask (B, S, J) -> Q (M, B, S, outputs).
+
+        Padded actions are zeroed and the mask is an input, so a chunk cut by the episode's end
+        is scored as the shorter chunk it is."""
+        chunk_input = torch.cat([chunks * mask.unsqueeze(-1), mask.unsqueeze(-1)], -1).flatten(2)
+        return torch.stack([body(obs(features).unsqueeze(1) + act(chunk_input))
+                            for obs, act, body in zip(self.obs_in, self.chunk_in, self.body)])
+
+
+def conservative_penalty(q_data: torch.Tensor, q_random: torch.Tensor, q_policy: torch.Tensor,
+                         floor: Optional[torch.Tensor], temperature: float) -> torch.Tensor:
+    """CQL's term per (member, row, head): T logsumexp over {random, policy, data} chunks / T minus Q(data).
+
+    q_data (M, B, H); q_random, q_policy (M, B, S, H); `floor` (B,) the Monte-Carlo return-to-go:
+    Cal-QL lifts policy-chunk values below it to it (no gradient then), so the term never
+    pushes a chunk below what the data's own return shows it is worth. None = plain CQL.
+    """
+    if floor is not None:
+        q_policy = torch.maximum(q_policy, floor.view(1, -1, 1, 1))
+    candidates = torch.cat([q_random, q_data.unsqueeze(2), q_policy], 2)
+    return temperature * torch.logsumexp(candidates / temperature, 2) - q_data
+
+
+def td3_bc_actor_loss(q_policy: torch.Tensor, policy_chunk: torch.Tensor, data_chunk: torch.Tensor,
+                      mask: torch.Tensor, bc_alpha: float) -> tuple[torch.Tensor, dict]:
+    """TD3+BC: -(alpha / mean|Q|) Q(o, pi(o)) + the masked chunk MSE (sum over action dims,
+    mean over real steps). Q is normalised by its detached batch magnitude (Fujimoto & Gu)."""
+    scale = bc_alpha / q_policy.abs().mean().detach().clamp_min(1e-6)
+    per_step = ((policy_chunk - data_chunk) ** 2).sum(-1)
+    bc = (per_step * mask).sum() / mask.sum().clamp_min(1.0)
+    loss = -scale * q_policy.mean() + bc
+    return loss, {"actor_q": q_policy.mean().item(), "bc_loss": bc.item(), "q_scale": scale.item()}
+
+
+def polyak(target: nn.Module, source: nn.Module, tau: float) -> None:
+    with torch.no_grad():
+        for t, s in zip(target.parameters(), source.parameters()):
+            t.lerp_(s, tau)
+
+
+# ---------------------------------------------------------------------------- training
+
+
+@dataclass
+class OfflineResult:
+    curve: list[dict]
+    best_step: int
+    validation: Optional[dict]
+    critic: ChunkCritic
+    transitions: int
+    targets: dict  # the Polyak targets at the end of training: {"critic_target": ..., "actor_target": ...}
+
+    def training_state(self) -> dict[str, torch.Tensor]:
+        """Critic and target networks as flat tensors (saved beside the policy, never inside it:
+        evaluation loads the policy alone)."""
+        modules = {"critic": self.critic, **self.targets}
+        return {f"{name}.{key}": value.detach().contiguous().cpu()
+                for name, module in modules.items() for key, value in module.state_dict().items()}
+
+
+class OfflineTrainer:
+    """Critic and actor updates of one CO-RFT run (the loop is in `train_offline`)."""
+
+    def __init__(self, policy: VLAPolicy, table: StepTable, cfg: OfflineConfig, readouts, windows: ChunkWindows):
+        self.policy, self.cfg, self.readouts, self.windows = policy, cfg, readouts, windows
+        device = cfg.device
+        k, a = policy.config.chunk_len, policy.config.action_dim
+        self.k, self.a, self.j = k, a, cfg.td_chunk
+        targets = chunk_targets(table.step, table.episode_length,
+                                step_rewards(table.success, cfg.success_reward, cfg.step_cost),
+                                table.terminated, cfg.td_chunk, cfg.gamma)
+        self.targets = {name: torch.as_tensor(getattr(targets, name), device=device)
+                        for name in ("prefix_return", "done", "bootstrap", "valid", "next_row", "return_to_go")}
+        self.discount = torch.as_tensor(cfg.gamma ** np.arange(1, cfg.td_chunk + 1), dtype=torch.float32,
+                                        device=device)
+        self.data_chunk = policy.normalize_actions(
+            torch.as_tensor(table.action[windows.index], device=device)).float()  # (N, K, A)
+        self.data_mask = torch.as_tensor(windows.mask, device=device)
+        feature_dim = readouts.critic(torch.zeros(1, dtype=torch.long, device=device)).shape[-1]
+        self.critic = ChunkCritic(feature_dim, cfg.td_chunk, a, cfg.critic_hidden, cfg.ensemble,
+                                  cfg.prefix_heads).to(device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_target = copy.deepcopy(policy.action_head).requires_grad_(False)
+        self.actor_params = ([p for p in policy.action_head.parameters()] if cfg.trainable == "heads"
+                             else [p for n, p in policy.named_parameters()
+                                   if p.requires_grad and not n.startswith(("value_head", "action_log_std", "aux_head"))])
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
+        self.actor_opt = torch.optim.Adam(self.actor_params, lr=cfg.actor_lr)
+        # Random chunks: uniform over the env's action box [-1, 1], in normalised units.
+        self.low = policy.normalize_actions(torch.full((a,), -1.0, device=device))
+        self.high = policy.normalize_actions(torch.full((a,), 1.0, device=device))
+        self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
+
+    def _chunk_of(self, action_tokens: torch.Tensor, head: nn.Module) -> torch.Tensor:
+        return head(action_tokens).view(*action_tokens.shape[:-1], self.k, self.a)[..., :self.j, :]
+
+    def _noise(self, shape, std: float, clip: Optional[float] = None) -> torch.Tensor:
+        noise = torch.randn(shape, generator=self.generator, device=self.cfg.device) * std
+        return noise.clamp(-clip, clip) if clip is not None else noise
+
+    def critic_step(self, rows: torch.Tensor) -> dict:
+        cfg, j = self.cfg, self.j
+        t = {name: value[rows] for name, value in self.targets.items()}
+        features = self.readouts.critic(rows)
+        ones = torch.ones(len(rows), 1, j, device=cfg.device)
+        with torch.no_grad():
+            next_rows = t["next_row"]  # (B, J)
+            next_chunk = self._chunk_of(self.readouts.actor(next_rows).detach(), self.actor_target)
+            next_chunk = next_chunk + self._noise(next_chunk.shape, cfg.target_noise, cfg.target_noise_clip)
+            next_features = self.readouts.critic(next_rows.reshape(-1))
+            q_next = self.critic_target(next_features, next_chunk.reshape(-1, 1, j, self.a),
+                                        ones.repeat(j, 1, 1))[..., 0, -1].min(0).values.view(-1, j)
+            target = t["prefix_return"] + self.discount * t["bootstrap"] * (1 - t["done"]) * q_next  # (B, J)
+        valid = t["valid"]
+        if self.critic.outputs == 1:  # the full chunk's head only
+            target, valid = target[:, -1:], valid[:, -1:]
+        data_chunk = self.data_chunk[rows, :j].unsqueeze(1)
+        data_mask = self.data_mask[rows, :j].unsqueeze(1)
+        q_data = self.critic(features, data_chunk, data_mask)[:, :, 0]  # (M, B, H)
+        td = (((q_data - target) ** 2) * valid).sum() / (valid.sum() * q_data.shape[0]).clamp_min(1.0)
+        loss, stats = td, {"td_loss": td.item(), "q_data": q_data.mean().item(), "target": target.mean().item()}
+        if cfg.conservative != "none":
+            penalty = self._conservative(rows, features, q_data, t["return_to_go"])
+            loss = loss + cfg.cql_alpha * penalty
+            stats["cql_term"] = penalty.item()
+        self.critic_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.critic_opt.step()
+        polyak(self.critic_target, self.critic, cfg.tau)
+        return stats
+
+    def _conservative(self, rows, features, q_data, return_to_go) -> torch.Tensor:
+        cfg, j, s = self.cfg, self.j, self.cfg.cql_samples
+        b = len(rows)
+        uniform = torch.rand((b, s, j, self.a), generator=self.generator, device=cfg.device)
+        random_chunks = self.low + (self.high - self.low) * uniform
+        std = self.policy.action_log_std.detach().clamp(-5.0, 1.0).exp()[:j]
+        with torch.no_grad():  # policy chunks at o_t and at o_{t+J}, sampled around the actor's mean
+            here = self._chunk_of(self.readouts.actor(rows), self.policy.action_head)
+            after = self._chunk_of(self.readouts.actor(self.targets["next_row"][rows, -1]), self.policy.action_head)
+        policy_chunks = torch.cat([here.unsqueeze(1).expand(-1, s, -1, -1),
+                                   after.unsqueeze(1).expand(-1, s, -1, -1)], 1)
+        policy_chunks = policy_chunks + self._noise(policy_chunks.shape, 1.0) * std
+        ones = torch.ones(b, 3 * s, j, device=cfg.device)
+        q = self.critic(features, torch.cat([random_chunks, policy_chunks], 1), ones)
+        floor = return_to_go if cfg.conservative == "calql" else None
+        return conservative_penalty(q_data, q[:, :, :s], q[:, :, s:], floor, cfg.cql_temperature).mean()
+
+    def actor_step(self, rows: torch.Tensor) -> dict:
+        features = self.readouts.critic(rows)
+        chunk = self.policy.action_chunk_mean(self.readouts.actor(rows))  # (B, K, A)
+        ones = torch.ones(len(rows), 1, self.j, device=self.cfg.device)
+        q = self.critic(features, chunk[:, :self.j].unsqueeze(1), ones)[0, :, 0, -1]
+        loss, stats = td3_bc_actor_loss(q, chunk, self.data_chunk[rows], self.data_mask[rows], self.cfg.bc_alpha)
+        self.actor_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.actor_opt.step()
+        self.critic_opt.zero_grad(set_to_none=True)  # the actor's loss also reached the critic
+        polyak(self.actor_target, self.policy.action_head, self.cfg.tau)
+        return stats
+
+
+def train_offline(policy: VLAPolicy, table: StepTable, cfg: OfflineConfig, validate: Optional[Validator] = None,
+                  readouts=None) -> OfflineResult:
+    """CO-RFT's offline phase; the policy's weights end as the best validation check's.
+
+    `readouts` may be given (tests); otherwise the frozen trunk's readouts are cached
+    (`trainable: heads`) or recomputed per batch (`all`)."""
+    check_every_step_has_a_frame(table)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    policy.to(cfg.device)
+    windows = ChunkWindows(table, policy.config.chunk_len, policy.config.task_names, balance_tasks=True)
+    if readouts is None:
+        if cfg.trainable == "heads":
+            readouts = CachedReadouts(cache_readouts(policy, table, windows.task_index, cfg.feature_batch_size,
+                                                     cfg.device))
+        else:
+            readouts = LiveReadouts(policy, table, windows.task_index, cfg.device)
+    policy.eval()  # BatchNorm keeps the SFT statistics; only weights move
+    if cfg.trainable == "heads":
+        policy.requires_grad_(False)
+        policy.action_head.requires_grad_(True)
+    trainer = OfflineTrainer(policy, table, cfg, readouts, windows)
+    curve, running = [], {}
+    best = {"score": -1.0, "step": 0, "state": None, "validation": None}
+    bar = tqdm(range(1, cfg.steps + 1), desc="offline", unit="step", mininterval=2.0, dynamic_ncols=True)
+    for step in bar:
+        rows = torch.as_tensor(windows.sample(rng, cfg.batch_size), device=cfg.device)
+        stats = trainer.critic_step(rows)
+        if step % cfg.policy_delay == 0:
+            stats.update(trainer.actor_step(rows))
+        for key, value in stats.items():
+            running.setdefault(key, []).append(value)
+        if not np.isfinite(stats["td_loss"]):
+            raise PipelineError(f"offline: the critic diverged at step {step} (td_loss {stats['td_loss']}); "
+                                "no checkpoint written (lower offline.critic_lr or raise cql_alpha)")
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            record = {"step": step, **{k: float(np.mean(v)) for k, v in running.items()}}
+            curve.append(record)
+            bar.set_postfix(td=f"{record['td_loss']:.4f}", q=f"{record['q_data']:.3f}")
+            running = {}
+        if validate is not None and (step % cfg.validate_every == 0 or step == cfg.steps):
+            result = validate(policy)
+            curve[-1].update({"validation_success": result["success"],
+                              "validation_steps_to_success": result["steps_to_success"]})
+            if result["success"] > best["score"]:
+                best.update(score=result["success"], step=step, validation=result,
+                            state={k: v.clone() for k, v in policy.state_dict().items()})
+    if best["state"] is not None:
+        policy.load_state_dict(best["state"])
+    policy.requires_grad_(True)
+    if policy.config.freeze_text:
+        policy.text.requires_grad_(False)
+    policy.eval()
+    return OfflineResult(curve, best["step"] if validate is not None else cfg.steps, best["validation"],
+                         trainer.critic, len(table.step),
+                         {"critic_target": trainer.critic_target, "actor_target": trainer.actor_target})
