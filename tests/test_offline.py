@@ -276,6 +276,15 @@ def test_relative_changes_by_hand():
     assert low <= out["success_gain_relative"] <= high
 
 
+def test_steps_are_averaged_per_task_first_like_the_headline():
+    base = _records([1, 0], [100, 0], "reach-v3") + _records([1, 1], [50, 50], "push-v3")
+    new = _records([1, 0], [80, 0], "reach-v3") + _records([1, 1], [50, 50], "push-v3")
+    out = paired_relative_changes(base, new, resamples=100)
+    assert out["base_steps_to_success"] == pytest.approx(75.0)  # (100 + 50) / 2, not 200 / 3
+    assert out["steps_change_relative"] == pytest.approx(65 / 75 - 1)
+    assert out["base_success"] == pytest.approx(0.75)
+
+
 def test_offline_summary_command(tmp_path):
     base, new = tmp_path / "base.json", tmp_path / "new.json"
     base.write_text(json.dumps(_records([1, 0, 1, 0], [50, 0, 70, 0])))

@@ -111,9 +111,12 @@ CORFT_PAPER = {
 }
 
 
-def _success_and_steps(records: Sequence[dict]) -> tuple[float, float | None]:
-    wins = [r["steps_to_success"] for r in records if r["success"]]
-    return float(np.mean([r["success"] for r in records])), (float(np.mean(wins)) if wins else None)
+def _task_means(ok: np.ndarray, steps: np.ndarray, by_task: list[np.ndarray]) -> tuple[float, float | None]:
+    """Success and steps to success as the headline reports them: means over tasks, a task's
+    steps averaged over its solved episodes (tasks with none are left out)."""
+    success = float(np.mean([ok[rows].mean() for rows in by_task]))
+    steps = [steps[rows].sum() / ok[rows].sum() for rows in by_task if ok[rows].sum()]
+    return success, (float(np.mean(steps)) if steps else None)
 
 
 def _relative(new: float | None, base: float | None) -> float | None:
@@ -121,23 +124,26 @@ def _relative(new: float | None, base: float | None) -> float | None:
 
 
 def paired_relative_changes(base: Sequence[dict], new: Sequence[dict], resamples: int, seed: int = 0) -> dict:
-    """Relative success gain and relative change of mean steps to success (solved episodes of each),
-    with 95% intervals from a paired bootstrap that resamples episodes within each task."""
-    base_success, base_steps = _success_and_steps(base)
-    new_success, new_steps = _success_and_steps(new)
-    rng = np.random.default_rng(seed)
+    """Relative success gain and relative change of mean steps to success (the headline's
+    means over tasks), with 95% intervals from a paired bootstrap that resamples episodes
+    within each task. `base[i]` and `new[i]` are the same episode."""
     tasks = sorted({r["task"] for r in base})
     by_task = [np.flatnonzero([r["task"] == t for r in base]) for t in tasks]
-    b_ok = np.array([r["success"] for r in base], float)
-    n_ok = np.array([r["success"] for r in new], float)
-    b_steps = np.array([r["steps_to_success"] if r["success"] else 0 for r in base], float)
-    n_steps = np.array([r["steps_to_success"] if r["success"] else 0 for r in new], float)
+    arrays = {}
+    for name, records in (("base", base), ("new", new)):
+        ok = np.array([r["success"] for r in records], float)
+        arrays[name] = (ok, np.array([r["steps_to_success"] if r["success"] else 0 for r in records], float))
+    base_success, base_steps = _task_means(*arrays["base"], by_task)
+    new_success, new_steps = _task_means(*arrays["new"], by_task)
+    rng = np.random.default_rng(seed)
     gains, step_changes = [], []
     for _ in range(resamples):
-        idx = np.concatenate([rng.choice(rows, len(rows)) for rows in by_task])
-        if b_ok[idx].sum() and n_ok[idx].sum():
-            gains.append(n_ok[idx].mean() / b_ok[idx].mean() - 1.0)
-            step_changes.append((n_steps[idx].sum() / n_ok[idx].sum()) / (b_steps[idx].sum() / b_ok[idx].sum()) - 1.0)
+        sample = [rng.choice(rows, len(rows)) for rows in by_task]
+        b_success, b_steps = _task_means(*arrays["base"], sample)
+        n_success, n_steps = _task_means(*arrays["new"], sample)
+        if b_success and b_steps and n_steps:
+            gains.append(n_success / b_success - 1.0)
+            step_changes.append(n_steps / b_steps - 1.0)
     interval = lambda xs: [float(np.percentile(xs, 2.5)), float(np.percentile(xs, 97.5))] if xs else None  # noqa: E731
     return {"base_success": base_success, "success": new_success, "success_diff": new_success - base_success,
             "success_gain_relative": _relative(new_success, base_success), "success_gain_relative_ci95": interval(gains),
