@@ -48,6 +48,21 @@ def _paired_counts(pairs: Sequence[tuple[dict, dict]]) -> dict:
     }
 
 
+def split_pairs(base: Sequence[dict], new: Sequence[dict], split: str) -> list[tuple[dict, dict]] | None:
+    """(base, new) records of the same episodes of `split`, in base's order; None when either
+    evaluation lacks the split. Both must hold the same episodes (same evaluate/env params)."""
+    key = lambda r: tuple(r[k] for k in EPISODE_KEY)  # noqa: E731
+    base_by_key = {key(r): r for r in base if r["split"] == split}
+    new_by_key = {key(r): r for r in new if r["split"] == split}
+    if not base_by_key or not new_by_key:
+        return None
+    if base_by_key.keys() != new_by_key.keys():
+        missing = sorted(base_by_key.keys() ^ new_by_key.keys())[:3]
+        raise ValueError(f"the two evaluations ran different {split} episodes (e.g. {missing}); "
+                         "compare only results of the same evaluate/env params")
+    return [(base_by_key[k], new_by_key[k]) for k in base_by_key]
+
+
 def paired_comparison(base: Sequence[dict], new: Sequence[dict]) -> dict:
     """Compare two evaluations episode by episode, per split both evaluated.
 
@@ -55,21 +70,14 @@ def paired_comparison(base: Sequence[dict], new: Sequence[dict]) -> dict:
     params); a split only one of them ran (e.g. an intermediate round evaluated on
     validation only) is left out and listed.
     """
-    key = lambda r: tuple(r[k] for k in EPISODE_KEY)  # noqa: E731
     out: dict = {"splits": [], "skipped_splits": []}
     for split in REPORTED:
-        base_by_key = {key(r): r for r in base if r["split"] == split}
-        new_by_key = {key(r): r for r in new if r["split"] == split}
-        if not base_by_key or not new_by_key:
-            if base_by_key or new_by_key:
+        pairs = split_pairs(base, new, split)
+        if pairs is None:
+            if any(r["split"] == split for r in (*base, *new)):
                 out["skipped_splits"].append(split)
             continue
-        if base_by_key.keys() != new_by_key.keys():
-            missing = sorted(base_by_key.keys() ^ new_by_key.keys())[:3]
-            raise ValueError(f"the two evaluations ran different {split} episodes (e.g. {missing}); "
-                             "compare only results of the same evaluate/env params")
-        pairs = [(base_by_key[k], new_by_key[k]) for k in base_by_key]
-        tasks = sorted({k[0] for k in base_by_key})
+        tasks = sorted({a["task"] for a, _ in pairs})
         out["splits"].append(split)
         out[split] = _paired_counts(pairs)
         out[split]["tasks"] = {t: _paired_counts([p for p in pairs if p[0]["task"] == t]) for t in tasks}
@@ -155,20 +163,17 @@ def offline_summary(base: Sequence[dict], runs: dict[str, Sequence[dict]], resam
     """CO-RFT runs vs their imitation policy on the same test episodes (validation as well when
     both have it), beside the paper's numbers. The test split's placements are unseen by the
     demos, so its success is the analogue of the paper's success at unseen positions."""
-    key = lambda r: tuple(r[k] for k in EPISODE_KEY)  # noqa: E731
     out: dict = {"paper": CORFT_PAPER, "runs": {}}
     for name, new in runs.items():
         row = {}
         for split in ("test", "validation"):
-            base_by_key = {key(r): r for r in base if r["split"] == split}
-            new_by_key = {key(r): r for r in new if r["split"] == split}
-            if not base_by_key or not new_by_key:
+            try:
+                pairs = split_pairs(base, new, split)
+            except ValueError as err:
+                raise ValueError(f"run {name!r}: {err}") from None
+            if pairs is None:
                 continue
-            if base_by_key.keys() != new_by_key.keys():
-                raise ValueError(f"run {name!r} and the base ran different {split} episodes; "
-                                 "compare results of the same evaluate/env params")
-            keys = sorted(base_by_key)
-            pairs = [(base_by_key[k], new_by_key[k]) for k in keys]
+            pairs.sort(key=lambda pair: tuple(pair[0][k] for k in EPISODE_KEY))
             row[split] = {**paired_relative_changes([p[0] for p in pairs], [p[1] for p in pairs], resamples),
                           **{k: v for k, v in _paired_counts(pairs).items() if k != "success_diff"}}
         if not row:
