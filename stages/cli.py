@@ -152,8 +152,8 @@ def evaluate_cmd(
     from vla_pipeline.config import load_params
     from vla_pipeline.envs.tasks import SPLITS, resolve_tasks
     from vla_pipeline.evaluation import (build_metrics, default_splits, episode_records, evaluate_policy,
-                                         record_videos, task_table, write_video)
-    from vla_pipeline.io import atomic_directory, write_json_atomic
+                                         task_table, write_videos)
+    from vla_pipeline.io import write_json_atomic
 
     params = load_params(params_file)
     preflight.check_devices(params, ("evaluate.device",))
@@ -167,11 +167,7 @@ def evaluate_cmd(
                                         extra=_group_episodes(params, chosen, demos))
     metrics_obj = build_metrics(results, tasks, params.env.max_episode_steps, _header(name, params))
     if videos is not None and standard:
-        with atomic_directory(videos) as tmp:
-            for spec, frames, success in record_videos(policy, params.env, params.evaluate, params.evaluate.videos,
-                                                       standard[0]):
-                stem = f"{spec.task}-{spec.split}-{spec.variation_seed}-{spec.variation:02d}-{'success' if success else 'fail'}"
-                write_video(tmp / f"{stem}.mp4", frames, params.evaluate.video_scale)
+        write_videos(policy, params.env, params.evaluate, results, standard[0], videos)
     write_json_atomic(table, task_table(metrics_obj, name))
     if episodes is not None:
         write_json_atomic(episodes, episode_records(results))
@@ -515,6 +511,46 @@ def seeds_cmd(
     if out is not None:
         write_json_atomic(out, table)
     _echo_json(table)
+
+
+@app.command("report")
+@user_errors
+def report_cmd(
+    metrics: Path = typer.Option(Path("data/metrics"), help="Metrics folder the evaluations wrote."),
+    videos: Path = typer.Option(Path("data/videos"), help="Videos folder the evaluations wrote."),
+    out: Path = typer.Option(Path("data/report"), help="Folder for report.html, summary.md and headline/."),
+    params_file: Path = PARAMS,
+):
+    """One page with every method whose metrics exist: tables with intervals and paired p-values,
+    per-task rows, curves, the papers' numbers, seeds, the benchmark and rollout previews."""
+    from vla_pipeline.config import load_params
+    from vla_pipeline.report import build_report
+
+    _echo_json(build_report(metrics, videos, load_params(params_file), out))
+
+
+@app.command("bench")
+@user_errors
+def bench_cmd(
+    out: Path = typer.Option(Path("data/metrics/bench.json"), help="Write the benchmark here (JSON)."),
+    repeats: int = typer.Option(3, min=3, help="Timed repeats per figure; each figure is their median."),
+    raw_steps: int = typer.Option(1500, min=1, help="Env steps per repeat of the raw MetaWorld loop."),
+    collector_steps: int = typer.Option(500, min=1, help="Env steps per repeat of the chunk collector."),
+    sft_steps: int = typer.Option(20, min=1, help="SFT optimiser steps per repeat."),
+    ppo_decisions: int = typer.Option(128, min=2, help="Decisions in the rollout batch each PPO update repeat uses."),
+    demos: Path = typer.Option(None, help="Demo snapshot for SFT / PPO (default: collect a tiny one)."),
+    params_file: Path = PARAMS,
+):
+    """Where the time goes, in one run (not a DVC stage): a raw MetaWorld loop as the limit, the
+    chunk collector with the policy (sync / async, 1 / 2 workers, K = 1, 4, 8), SFT and PPO update
+    samples/s, peak memory of each; medians of repeats and their ratios."""
+    preflight.check_rendering()  # before anything imports mujoco
+    from vla_pipeline.bench import BenchSizes, describe, run_bench
+    from vla_pipeline.config import load_params
+
+    sizes = BenchSizes(repeats=repeats, raw_steps=raw_steps, collector_steps=collector_steps, sft_steps=sft_steps,
+                       ppo_decisions=ppo_decisions)
+    _echo_json(describe(run_bench(load_params(params_file), out, sizes, demos)))
 
 
 @app.command("check-params")

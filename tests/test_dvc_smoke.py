@@ -30,7 +30,7 @@ def test_repro_runs_everything_then_nothing_then_one_stage(repo):
                   "snapshot@r01", "evaluate_round@r01", "compare_round@r01", "ire_round@ire-rl1",
                   "ire_round@ire-sl1", "evaluate_ire@ire-sl1", "evaluate_groups@sft", "evaluate_groups@r01",
                   "compare_ire@ire-sl1", "collect_demos_offline", "sft_offline", "evaluate@sft-offline",
-                  "offline@corft", "evaluate_offline@corft", "offline_summary@corft"):
+                  "offline@corft", "evaluate_offline@corft", "offline_summary@corft", "report"):
         assert f"Running stage '{stage}'" in first_stdout
     corft = json.loads((dest / "data/metrics/corft-corft.json").read_text())
     assert set(corft["runs"]["corft"]) == {"test", "validation"} and corft["paper"]["unseen_positions_success"] == 0.443
@@ -41,6 +41,9 @@ def test_repro_runs_everything_then_nothing_then_one_stage(repo):
     assert paired["splits"] == ["test", "validation", "expert", "new"]  # SFT's two files joined
     assert (dest / "data/checkpoints/sft/model.safetensors").is_file()
     assert (dest / "data/metrics/eval-sft.json").is_file() and list((dest / "data/videos/sft").glob("*.mp4"))
+    page = (dest / "data/report/report.html").read_text()
+    for name in ("expert", "sft", "r01", "ire-rl1", "ire-sl1", "sft-offline", "corft"):
+        assert f'<td class="l">{name}</td>' in page
 
     second = run([sys.executable, "-m", "dvc", "repro"], dest, env)
     assert "Running stage" not in second.stdout
@@ -52,14 +55,20 @@ def test_repro_runs_everything_then_nothing_then_one_stage(repo):
     shown = json.loads(run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], dest, env).stdout)
     (workspace,) = shown.values()  # keyed by revision; the workspace only, here
     files = workspace["data"]
-    sft_metrics = next(v["data"] for k, v in files.items() if k.endswith("eval-sft.json"))
-    assert {"test", "validation", "train"} <= set(sft_metrics)  # (DVC shows numbers only: no "splits" list)
-    assert 0.0 <= sft_metrics["tasks"]["reach-v3"]["test"]["success"] <= 1.0
+    # One narrow row per method: only the report's headline files are metrics.
+    assert files and all(k.startswith("data/report/headline/") for k in files)
+    sft_metrics = files["data/report/headline/sft.json"]["data"]
+    assert set(sft_metrics) == {"test", "validation"} and set(sft_metrics["test"]) == {"success", "ci_lo", "ci_hi", "steps"}
+    assert 0.0 <= sft_metrics["test"]["success"] <= 1.0
+    table = run([sys.executable, "-m", "dvc", "metrics", "show"], dest, env).stdout
+    assert max(len(line) for line in table.splitlines()) < 220
 
-    # Only small metrics may reach git (root .gitignore: /data/* and !/data/metrics/).
+    # Only small metrics and the report's tables may reach git (root .gitignore).
     run(["git", "add", "-A"], dest, env)
     staged = run(["git", "ls-files", "data"], dest, env).stdout.split()
-    assert staged and all(name.startswith("data/metrics/") and name.endswith(".json") for name in staged)
+    assert staged and all(name.startswith(("data/metrics/", "data/report/headline/")) and name.endswith(".json")
+                          or name in ("data/report/summary.md", "data/report/.gitignore") for name in staged)
+    assert "data/report/summary.md" in staged and "data/report/report.html" not in staged
 
 
 def test_same_params_give_identical_buffers_and_metrics(repo):

@@ -112,7 +112,7 @@ def test_a_bad_param_stops_repro_before_any_output_is_deleted(state, section, va
 def exp_table(repo: Path, env: dict) -> list[dict]:
     """`dvc exp show` as a user reads it: the swept param, test success and steps per experiment."""
     shown = run([*DVC, "exp", "show", "--csv", "--drop", ".*", "--keep",
-                 r"Experiment$|ppo\.lr$|.*eval-r\d+\.json:validation\.(success|episode_length|steps_to_success)$"],
+                 r"Experiment$|ppo\.lr$|.*headline/r\d+\.json:validation\.(success|steps)$"],
                 repo, env).stdout
     return [row for row in csv.DictReader(io.StringIO(shown)) if row["Experiment"]]
 
@@ -124,16 +124,15 @@ def test_queued_experiments_show_apply_and_plots_diff(state):
     run([*DVC, "exp", "run", "--run-all"], repo, env)
     rows = exp_table(repo, env)
     assert sorted(float(r["ppo.lr"]) for r in rows) == [1e-5, 3e-5]
-    for row in rows:  # success and steps columns, numeric, for each experiment
-        assert 0.0 <= float(row["data/metrics/eval-r01.json:validation.success"]) <= 1.0
-        assert 1.0 <= float(row["data/metrics/eval-r01.json:validation.episode_length"]) <= 100.0
-    best = sorted(rows, key=lambda r: (-float(r["data/metrics/eval-r01.json:validation.success"]),
-                                       float(r["data/metrics/eval-r01.json:validation.episode_length"]),
-                                       r["Experiment"]))[0]
+    success, steps = (f"data/report/headline/r01.json:validation.{k}" for k in ("success", "steps"))
+    for row in rows:  # the report's headline columns for each experiment (steps: none if nothing solved)
+        assert 0.0 <= float(row[success]) <= 1.0
+        assert row[steps] in ("", "-") or 1.0 <= float(row[steps]) <= 100.0
+    best = sorted(rows, key=lambda r: (-float(r[success]), r["Experiment"]))[0]
     run([*DVC, "exp", "apply", best["Experiment"]], repo, env)
     assert float(yaml.safe_load((repo / "params.yaml").read_text())["ppo"]["lr"]) == float(best["ppo.lr"])
     applied = json.loads((repo / "data/metrics/eval-r01.json").read_text())["validation"]["success"]
-    assert applied == float(best["data/metrics/eval-r01.json:validation.success"])
+    assert applied == float(best[success])
     assert ran(run([*DVC, "repro"], repo, env).stdout) == []  # the applied outputs match its lock
     lr3 = [r["Experiment"] for r in rows if float(r["ppo.lr"]) == 3e-5][0]
     run([*DVC, "exp", "apply", lr3], repo, env)  # a changed round: other bytes than the committed r01
@@ -163,9 +162,9 @@ def test_going_back_to_round_r01_after_r02_is_committed(state):
     raw = yaml.safe_load((repo / "params.yaml").read_text())
     raw["rounds"]["r02"] = {"policy_in": "r01", "buffer_in": "r01"}
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    # Adding a round runs only that round (and the params check).
+    # Adding a round runs only that round (and the params check, and the report that lists it).
     assert ran(run([*DVC, "repro"], repo, env).stdout) == ["check_params", "compare_round@r02", "evaluate_round@r02",
-                                                          "ppo@r02", "snapshot@r02"]
+                                                          "ppo@r02", "report", "snapshot@r02"]
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-qm", "r02"], repo, env)
     run([*DVC, "push"], repo, env)

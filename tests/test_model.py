@@ -4,6 +4,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from transformers import AutoModel
 
 from tests.conftest import tiny_raw
 from vla_pipeline.checkpoint import load_policy, save_policy
@@ -92,7 +93,10 @@ def test_save_pretrained_from_pretrained_round_trip(policy, tmp_path):
     save_policy(policy, tmp_path / "ck", {"stage": "test"})
     names = sorted(p.name for p in (tmp_path / "ck").iterdir())
     assert names == ["config.json", "model.safetensors", "training_state.json"]
-    for loaded in (load_policy(tmp_path / "ck"), VLAPolicy.from_pretrained(tmp_path / "ck").eval()):
+    # Importing the package registers the model type, so transformers' AutoModel loads the folder too.
+    auto = AutoModel.from_pretrained(tmp_path / "ck").eval()
+    assert type(auto) is VLAPolicy
+    for loaded in (load_policy(tmp_path / "ck"), VLAPolicy.from_pretrained(tmp_path / "ck").eval(), auto):
         assert torch.equal(loaded.proprio_mean, policy.proprio_mean)
         a = policy(**policy.obs_to_tensors(obs())).action_mean
         b = loaded(**loaded.obs_to_tensors(obs())).action_mean

@@ -243,7 +243,8 @@ class EvaluateConfig(Section):
     episodes_train: int = Field(5, ge=1)  # per task, configurations the demos and RL drew from
     seed: int = Field(1000, ge=0)
     deterministic: bool = True  # act with the mean of the action head
-    videos: int = Field(3, ge=0)  # rollout videos per checkpoint
+    # Videos of the first evaluated split: per task, this many successes and this many failures.
+    videos_per_outcome: int = Field(1, ge=0)
     video_scale: int = Field(3, ge=1, le=8)
     num_threads: int = Field(2, ge=1)
     device: str = "cpu"

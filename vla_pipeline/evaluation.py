@@ -29,6 +29,7 @@ from vla_pipeline import constants as C
 from vla_pipeline.constants import GROUPS, REPORTED
 from vla_pipeline.envs.tasks import SPLITS, Configuration, EpisodeSpec, resolve_tasks, split_configurations
 from vla_pipeline.envs.vector import make_chunk_vector_env, reset_done, split_round_robin, sum_counters
+from vla_pipeline.io import atomic_directory
 from vla_pipeline.parallel import acting_threads
 from vla_pipeline.stats import wilson_interval
 
@@ -276,33 +277,64 @@ def evaluate_expert(env_cfg: EnvConfig, eval_cfg: EvaluateConfig,
     return results, {"env_steps": steps, "renders": 0, "seconds": time.perf_counter() - started}
 
 
-def record_videos(policy, env_cfg: EnvConfig, eval_cfg: EvaluateConfig, count: int,
-                  split: str) -> list[tuple[EpisodeSpec, list[np.ndarray], bool]]:
-    """Re-run a few listed episodes of `split` in-process, rendering every step for video."""
+def video_candidates(results: Sequence[EpisodeResult], split: str) -> dict[tuple[str, bool], list[EpisodeSpec]]:
+    """Per (task, evaluated outcome) of `split`: its episodes in the results' fixed order, the
+    order in which `record_videos` tries them."""
+    slots: dict[tuple[str, bool], list[EpisodeSpec]] = {}
+    for r in results:
+        if r.split == split:
+            slots.setdefault((r.task, r.success), []).append(
+                EpisodeSpec(r.task, r.variation_seed, r.variation, r.seed, r.split))
+    return dict(sorted(slots.items()))
+
+
+# A re-run may end otherwise than the evaluated episode: one env acts on batch-1 inference, whose
+# float rounding differs from the batched evaluation, and a contact can then tip either way. So
+# each slot tries up to this many more candidates than it keeps.
+EXTRA_VIDEO_TRIES = 2
+
+
+def record_videos(policy, env_cfg: EnvConfig, eval_cfg: EvaluateConfig,
+                  candidates: Mapping[tuple[str, bool], Sequence[EpisodeSpec]],
+                  per_outcome: int) -> list[tuple[EpisodeSpec, list[np.ndarray], bool]]:
+    """Per task, `per_outcome` successes and failures, re-run in-process with every step rendered.
+
+    A slot keeps only re-runs that end as the slot says (the label always matches the video, and
+    the video matches the evaluated outcome); it gives up after `per_outcome + EXTRA_VIDEO_TRIES`
+    tries, so a slot can come back short."""
     import torch
 
-    episodes = evaluation_episodes(env_cfg, eval_cfg, [split])
-    tasks = resolve_tasks(env_cfg)
-    by_task = [next(e for e in episodes if e.task == t) for t in tasks]
-    stride = max(1, len(by_task) // max(count, 1))
-    chosen = by_task[::stride][:count]
-    env = ChunkEnv(env_cfg.model_dump(), policy.config.chunk_len, 0.99, EpisodeQueue(chosen), record_frames=True)
+    if per_outcome <= 0 or not candidates:
+        return []
+    plan: list[EpisodeSpec] = []  # the env's queue: each try appends the episode it resets to
+    env = ChunkEnv(env_cfg.model_dump(), policy.config.chunk_len, 0.99, EpisodeQueue(plan), record_frames=True)
     generator = torch.Generator().manual_seed(eval_cfg.seed)
     videos = []
     try:
         with acting_threads():
-            for spec in chosen:
-                obs, _ = env.reset()
-                while True:
-                    batch = {k: np.asarray(v)[None] for k, v in obs.items()}
-                    action = policy.act(batch, deterministic=eval_cfg.deterministic, generator=generator)["actions"][0]
-                    obs, _, terminated, truncated, info = env.step(action)
-                    if terminated or truncated:
-                        videos.append((spec, env.recorded_frames(), bool(terminated or info["success"])))
-                        break
+            for (task, success), specs in tqdm(candidates.items(), desc="videos", unit="slot", mininterval=2.0):
+                kept = 0
+                for spec in specs[:per_outcome + EXTRA_VIDEO_TRIES]:
+                    plan.append(spec)
+                    frames, solved = _rerun(env, policy, eval_cfg, generator)
+                    if solved == success:
+                        videos.append((spec, frames, solved))
+                        kept += 1
+                        if kept == per_outcome:
+                            break
     finally:
         env.close()
     return videos
+
+
+def _rerun(env: ChunkEnv, policy, eval_cfg: EvaluateConfig, generator) -> tuple[list[np.ndarray], bool]:
+    obs, _ = env.reset()
+    while True:
+        batch = {k: np.asarray(v)[None] for k, v in obs.items()}
+        action = policy.act(batch, deterministic=eval_cfg.deterministic, generator=generator)["actions"][0]
+        obs, _, terminated, truncated, info = env.step(action)
+        if terminated or truncated:
+            return env.recorded_frames(), bool(terminated or info["success"])
 
 
 def write_video(path, frames: Sequence[np.ndarray], scale: int, fps: int = 20) -> None:
@@ -311,6 +343,21 @@ def write_video(path, frames: Sequence[np.ndarray], scale: int, fps: int = 20) -
 
     big = [np.kron(np.concatenate(list(f), axis=1), np.ones((scale, scale, 1), np.uint8)) for f in frames]
     iio.imwrite(path, np.stack(big), fps=fps, codec="libx264", macro_block_size=1)
+
+
+def write_videos(policy, env_cfg: EnvConfig, eval_cfg: EvaluateConfig, results: Sequence[EpisodeResult],
+                 split: str, out_dir) -> list[str]:
+    """Record `evaluate.videos_per_outcome` successes and failures per task of `split` into
+    `out_dir` (replaced atomically), one MP4 each, named
+    <task>-<split>-<variation seed>-<variation>-<success|fail>.mp4 (the report reads the names)."""
+    names = []
+    with atomic_directory(out_dir) as tmp:
+        for spec, frames, success in record_videos(policy, env_cfg, eval_cfg, video_candidates(results, split),
+                                                   eval_cfg.videos_per_outcome):
+            stem = f"{spec.task}-{spec.split}-{spec.variation_seed}-{spec.variation:02d}-{'success' if success else 'fail'}"
+            write_video(tmp / f"{stem}.mp4", frames, eval_cfg.video_scale)
+            names.append(f"{stem}.mp4")
+    return names
 
 
 def episode_records(results: Sequence[EpisodeResult]) -> list[dict]:

@@ -1,0 +1,89 @@
+"""The benchmark: structure and arithmetic of its JSON, never a speed (timings vary by machine)."""
+
+import json
+import statistics
+
+import pytest
+
+from tests.conftest import tiny_raw
+from vla_pipeline.bench import (
+    CHUNK_LENS, NUM_ENVS, VECTOR_MODES, BenchSizes, _run_in_child, _sft_job, collector_name, compute_ratios,
+    measurement_names, run_bench,
+)
+from vla_pipeline.config import parse_params
+from vla_pipeline.errors import PipelineError
+
+
+def test_sizes_refuse_nothing_to_measure():
+    with pytest.raises(PipelineError, match="repeats must be an integer >= 1"):
+        BenchSizes(repeats=0)
+    with pytest.raises(PipelineError, match="ppo_decisions"):
+        BenchSizes(ppo_decisions=1)
+
+
+def test_ratios_are_ratios_of_medians():
+    medians = {name: 10.0 + i for i, name in enumerate(measurement_names())}
+    ratios = compute_ratios({name: {"median": m} for name, m in medians.items()})
+    assert ratios["collector_over_raw_k4"]["async-n2"] == pytest.approx(
+        medians["collector-async-n2-k4"] / medians["raw-k4"], rel=1e-3)
+    assert ratios["k8_over_k1"]["raw"] == pytest.approx(medians["raw-k8"] / medians["raw-k1"], rel=1e-3)
+    assert ratios["n2_over_n1"]["sync-k8"] == pytest.approx(
+        medians["collector-sync-n2-k8"] / medians["collector-sync-n1-k8"], rel=1e-3)
+
+
+def test_a_failing_measurement_is_one_error_naming_it(tmp_path, tiny_params):
+    """The child's error comes back as a PipelineError; a missing demo snapshot is refused before
+    anything runs, and nothing is written."""
+    out = tmp_path / "bench.json"
+    with pytest.raises(PipelineError, match="buffer snapshot not found"):
+        run_bench(tiny_params, out, BenchSizes(), demos=tmp_path / "missing")
+    assert not out.exists()
+    with pytest.raises(PipelineError, match="^bench sft: buffer snapshot not found"):
+        _run_in_child("sft", _sft_job, params_raw=tiny_params.model_dump(), demos=str(tmp_path / "missing"), steps=1,
+                      batch_size=2, repeats=1, seed=0)
+
+
+@pytest.mark.slow
+def test_bench_runs_every_measurement_and_writes_consistent_json(tmp_path):
+    """The whole bench on tiny sizes (one task, 32 px, a few steps): every figure is there,
+    positive, the median of its repeats, with its peak memory; ratios follow the medians."""
+    params = parse_params(tiny_raw(env={"tasks": ["reach-v3"]}), "tiny_params.yaml")
+    sizes = BenchSizes(repeats=3, raw_steps=24, collector_steps=16, sft_steps=2, sft_batch_size=8, ppo_decisions=8,
+                       demo_episodes=1)
+    out = tmp_path / "metrics" / "bench.json"
+    result = run_bench(params, out, sizes)
+
+    written = json.loads(out.read_text())
+    assert written == json.loads(json.dumps(result))  # the file holds what was returned
+    assert not list(out.parent.glob(".*"))  # atomic write: no temporary left beside it
+    assert list(written["measurements"]) == sorted(measurement_names())
+    for name, entry in written["measurements"].items():
+        assert len(entry["repeats"]) == sizes.repeats, name
+        assert all(r > 0 for r in entry["repeats"]), name
+        assert entry["median"] == pytest.approx(statistics.median(entry["repeats"]), rel=1e-3), name
+        assert entry["unit"] == ("samples/s" if name in ("sft", "ppo-update") else "env_steps/s")
+        assert entry["peak_rss_mib"] > 0 and entry["rss_detail"]["process_peak_mib"] > 0, name
+        assert len(entry["config"]["work_per_repeat"]) == sizes.repeats, name
+    for vector in VECTOR_MODES:
+        for n in NUM_ENVS:
+            for k in CHUNK_LENS:
+                config = written["measurements"][collector_name(vector, n, k)]["config"]
+                assert (config["vector"], config["num_envs"], config["chunk_len"]) == (vector, n, k)
+                assert config["decisions_per_env"] == -(-sizes.collector_steps // (n * k))
+    assert written["measurements"]["raw-k4"]["config"]["work_per_repeat"] == [sizes.raw_steps] * sizes.repeats
+    assert written["measurements"]["sft"]["config"]["work_per_repeat"] == [2 * 8] * sizes.repeats
+    # tiny ppo: 2 epochs of one minibatch of 8 decisions, every repeat (target_kl is off)
+    assert written["measurements"]["ppo-update"]["config"]["work_per_repeat"] == [16] * sizes.repeats
+
+    medians = {name: {"median": e["median"]} for name, e in written["measurements"].items()}
+    expected = compute_ratios(medians)
+    assert written["ratios"] == expected
+    assert set(written["ratios"]["collector_over_raw_k4"]) == {f"{v}-n{n}" for v in VECTOR_MODES for n in NUM_ENVS}
+    assert all(r > 0 for group in written["ratios"].values() for r in group.values())
+
+    machine = written["machine"]
+    assert machine["cpu_count"] >= 1 and machine["torch_threads"]["default"] >= 1
+    assert {"torch", "metaworld", "mujoco"} <= set(machine["versions"])
+    assert written["env"]["tasks"] == ["reach-v3"] and written["env"]["image_size"] == 32
+    assert written["env"]["cameras"] == ["corner4"]
+    assert written["settings"]["repeats"] == sizes.repeats and written["settings"]["raw_steps"] == 24
