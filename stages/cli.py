@@ -211,12 +211,12 @@ def compare_cmd(
     out: Path = typer.Option(None, help="Write the comparison here (JSON metrics)."),
 ):
     """Paired comparison on the same episodes: who solved what, exact McNemar p, steps on common successes."""
-    from vla_pipeline.stats import paired_comparison
+    from vla_pipeline.stats import paired_comparison, read_episode_records
     from vla_pipeline.io import write_json_atomic
 
     try:
-        result = paired_comparison([r for path in base for r in _read_episode_records(path)],
-                                   _read_episode_records(new))
+        result = paired_comparison([r for path in base for r in read_episode_records(path)],
+                                   read_episode_records(new))
     except ValueError as err:
         raise PipelineError(f"{', '.join(map(str, base))} vs {new}: {err}") from None
     if out is not None:
@@ -250,19 +250,6 @@ def _group_episodes(params, chosen: list[str], demos: Path | None) -> list:
                               groups)
     except ValueError as err:
         raise PipelineError(str(err)) from None
-
-
-def _read_episode_records(path: Path) -> list[dict]:
-    keys = {"task", "variation_seed", "variation", "split", "seed", "success", "steps_to_success"}
-    try:
-        records = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: no such file (run `evaluate --episodes {path}` first)") from None
-    except (OSError, ValueError) as err:
-        raise PipelineError(f"{path}: not readable JSON ({err})") from None
-    if not isinstance(records, list) or not all(isinstance(r, dict) and keys <= r.keys() for r in records):
-        raise PipelineError(f"{path}: not per-episode results (expected a list of records with {sorted(keys)})")
-    return records
 
 
 @app.command("ppo")
@@ -461,16 +448,16 @@ def offline_summary_cmd(
     """CO-RFT vs its SFT on the same test episodes: relative success gain and change of steps to
     success with paired bootstrap intervals, beside the paper's +57 %, -22.3 % and 44.3 %."""
     from vla_pipeline.io import write_json_atomic
-    from vla_pipeline.stats import offline_summary
+    from vla_pipeline.stats import offline_summary, read_episode_records
 
     runs = {}
     for item in run:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise PipelineError(f"--run {item!r}: expected NAME=FILE")
-        runs[name] = _read_episode_records(Path(path))
+        runs[name] = read_episode_records(path)
     try:
-        result = offline_summary(_read_episode_records(base), runs, resamples)
+        result = offline_summary(read_episode_records(base), runs, resamples)
     except ValueError as err:
         raise PipelineError(f"offline-summary: {err}") from None
     if out is not None:

@@ -1,14 +1,18 @@
 """Statistics of evaluation results: Wilson intervals, paired comparisons on the same episodes
-(exact McNemar), and the seeds-of-the-chain table. Pure numpy: no envs, no models."""
+(exact McNemar), and the seeds-of-the-chain table; and reading the per-episode records they
+compare. Pure numpy: no envs, no models."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from vla_pipeline.constants import REPORTED
+from vla_pipeline.errors import PipelineError
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -22,6 +26,24 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 
 
 EPISODE_KEY = ("task", "variation_seed", "variation", "split", "seed")
+# What a comparison reads of each record `evaluate --episodes` writes (more keys are allowed).
+EPISODE_RECORD_KEYS = frozenset(EPISODE_KEY + ("success", "steps_to_success"))
+
+
+def read_episode_records(path: str | Path) -> list[dict]:
+    """Per-episode results from `evaluate --episodes`, checked for shape before any pairing."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: no such file (run `evaluate --episodes {path}` first)")
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise PipelineError(f"{path}: not readable JSON ({err}); is it truncated?") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) and EPISODE_RECORD_KEYS <= r.keys()
+                                                for r in records):
+        raise PipelineError(f"{path}: not per-episode results (expected a list of records with "
+                            f"{sorted(EPISODE_RECORD_KEYS)}, as `evaluate --episodes` writes)")
+    return records
 
 
 def mcnemar_exact_p(only_base: int, only_new: int) -> float:

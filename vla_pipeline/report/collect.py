@@ -13,7 +13,7 @@ from pathlib import Path
 from vla_pipeline.constants import REPORTED, SPLITS
 from vla_pipeline.errors import PipelineError
 from vla_pipeline.io import read_json
-from vla_pipeline.stats import paired_comparison
+from vla_pipeline.stats import paired_comparison, read_episode_records
 
 # Splits the headline metrics keep (train is a sanity row, not a claim).
 HEADLINE_SPLITS = ("test", "validation")
@@ -89,13 +89,7 @@ def _checked_eval(path: Path) -> dict:
 
 def _episodes(metrics_dir: Path, name: str) -> list[dict] | None:
     path = metrics_dir / f"episodes-{name}.json"
-    if not path.is_file():
-        return None
-    records = read_json(path, "per-episode results")
-    keys = {"task", "variation_seed", "variation", "split", "seed", "success", "steps_to_success"}
-    if not isinstance(records, list) or not all(isinstance(r, dict) and keys <= r.keys() for r in records):
-        raise PipelineError(f"{path}: not per-episode results (a list of records from `evaluate --episodes`)")
-    return records
+    return read_episode_records(path) if path.is_file() else None
 
 
 def _paired(metrics_dir: Path, method: Method) -> dict:
