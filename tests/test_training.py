@@ -14,7 +14,7 @@ from gymnasium.vector import VectorWrapper
 
 from tests.conftest import tiny_raw
 from vla_pipeline.config import parse_params
-from vla_pipeline.data.episode import Episode, encode_png
+from vla_pipeline.data.episode import Episode, decode_png, encode_png
 from vla_pipeline.data.snapshot import decode_steps, episodes_to_table
 from vla_pipeline.envs.tasks import resolve_tasks
 from vla_pipeline.envs.vector import make_chunk_vector_env
@@ -287,3 +287,26 @@ def test_sft_early_stopping_keeps_the_best_validation_weights():
     assert result.curve[-1]["step"] == 40  # stopped, not run to 100
     for name, value in policy.state_dict().items():
         assert torch.equal(value, kept[0.6][name]), name
+
+
+@pytest.mark.parametrize("vector", ["sync", "async"])
+def test_episodes_store_each_decision_frame_the_policy_acted_on(vector):
+    """The collector PNG-encodes decision frames while async workers step; whatever the backend,
+    an episode's frame at each decision must be the observation the batch row acted on (not the
+    next one), and only decision steps carry a frame."""
+    params = make_params(env={"max_episode_steps": 40, "tasks": ["drawer-close-v3"]})
+    policy = make_policy(params)
+    envs = make_chunk_vector_env(params.env, K, 0.99, training_queues(params, 2, seed=0), vector)
+    try:
+        collector = ChunkCollector(envs, 0.99, 0.95, "test", torch.Generator().manual_seed(0))
+        batch, finished, _ = collector.collect(policy, lockstep_steps=3)
+    finally:
+        envs.close()
+    assert not finished  # 12 steps: no episode ended, so both are still open
+    images = batch.images.reshape(3, 2, *batch.images.shape[1:])
+    for i, episode in enumerate(collector.open):
+        assert [j for j, f in enumerate(episode.frames) if f] == [0, 4, 8]
+        for t in range(3):
+            stored = np.stack([decode_png(png) for png in episode.frames[4 * t]])  # (V, H, W, 3)
+            np.testing.assert_array_equal(stored, images[t, i])
+        assert not np.array_equal(images[0, i], images[1, i])  # the arm moved between decisions

@@ -48,37 +48,36 @@ class ChunkCollector:
         store = {key: [] for key in keys}
         finished: list[Episode] = []
         instructions = policy.config.instructions
-        with policy.instruction_cache():  # weights are fixed while collecting: encode each task mix once
-            for _ in range(lockstep_steps):
-                out = policy.act(self.obs, deterministic=False, generator=self.generator, with_log_probs=True)
-                next_obs, rewards, terminated, truncated, info = self.envs.step(out["actions"])
-                steps = np.asarray(info["steps"], np.int64)
-                next_values = np.zeros(n)
-                if truncated.any():  # bootstrap from the final observation of cut episodes
-                    next_values[truncated] = self._values(policy, _subset(next_obs, truncated))
-                for key, value in (("images", self.obs[C.OBS_IMAGE]), ("proprio", self.obs[C.OBS_PROPRIO]),
-                                   ("state", self.obs[C.OBS_STATE]),
-                                   ("task_index", self.obs[C.OBS_TASK_INDEX]), ("actions", out["actions_normalized"]),
-                                   ("step_log_probs", out["step_log_probs"]), ("values", out["value"]),
-                                   ("rewards", rewards), ("steps", steps), ("terminated", terminated),
-                                   ("truncated", truncated), ("next_values", next_values)):
-                    store[key].append(np.asarray(value).copy())
-                done = terminated | truncated
-                for i in range(n):
-                    add_chunk(self.open[i], self.obs[C.OBS_IMAGE][i], info, i, int(steps[i]))
-                    if done[i]:
-                        self.open[i].instruction = instructions[int(self.obs[C.OBS_TASK_INDEX][i])]
-                        finished.append(self.open[i].finish(bool(terminated[i]), bool(truncated[i])))
-                self.env_steps += int(steps.sum())
-                self.obs = next_obs
-                if done.any():
-                    self.obs, reset_info = reset_done(self.envs, done)
-                    for i in np.flatnonzero(done):
-                        self.open[i] = self._new_episode(reset_info, i)
-            arrays = {key: np.stack(v) for key, v in store.items()}  # (T, N, ...)
-            # V(o_{k+1}) of a running episode is the next decision's value; the last row uses the
-            # value of the current observation (the chain is cut there).
-            last_values = self._values(policy, self.obs)
+        for _ in range(lockstep_steps):
+            out = policy.act(self.obs, deterministic=False, generator=self.generator, with_log_probs=True)
+            next_obs, rewards, terminated, truncated, info = self.envs.step(out["actions"])
+            steps = np.asarray(info["steps"], np.int64)
+            next_values = np.zeros(n)
+            if truncated.any():  # bootstrap from the final observation of cut episodes
+                next_values[truncated] = self._values(policy, _subset(next_obs, truncated))
+            for key, value in (("images", self.obs[C.OBS_IMAGE]), ("proprio", self.obs[C.OBS_PROPRIO]),
+                               ("state", self.obs[C.OBS_STATE]),
+                               ("task_index", self.obs[C.OBS_TASK_INDEX]), ("actions", out["actions_normalized"]),
+                               ("step_log_probs", out["step_log_probs"]), ("values", out["value"]),
+                               ("rewards", rewards), ("steps", steps), ("terminated", terminated),
+                               ("truncated", truncated), ("next_values", next_values)):
+                store[key].append(np.asarray(value).copy())
+            done = terminated | truncated
+            for i in range(n):
+                add_chunk(self.open[i], self.obs[C.OBS_IMAGE][i], info, i, int(steps[i]))
+                if done[i]:
+                    self.open[i].instruction = instructions[int(self.obs[C.OBS_TASK_INDEX][i])]
+                    finished.append(self.open[i].finish(bool(terminated[i]), bool(truncated[i])))
+            self.env_steps += int(steps.sum())
+            self.obs = next_obs
+            if done.any():
+                self.obs, reset_info = reset_done(self.envs, done)
+                for i in np.flatnonzero(done):
+                    self.open[i] = self._new_episode(reset_info, i)
+        arrays = {key: np.stack(v) for key, v in store.items()}  # (T, N, ...)
+        # V(o_{k+1}) of a running episode is the next decision's value; the last row uses the
+        # value of the current observation (the chain is cut there).
+        last_values = self._values(policy, self.obs)
         running = ~(arrays["terminated"] | arrays["truncated"])
         following = np.concatenate([arrays["values"][1:], last_values[None]], axis=0)
         arrays["next_values"] = np.where(running, following, arrays["next_values"])
