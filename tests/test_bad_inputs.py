@@ -121,13 +121,24 @@ def wait_for(path: Path, text: str, proc, timeout: float = 300) -> None:
     raise AssertionError(f"never saw {text!r}:\n{path.read_text(errors='replace') if path.exists() else ''}")
 
 
+def sigint_as_in_a_terminal() -> None:
+    """Give the stage the Ctrl-C a terminal's foreground job has.
+
+    A job a non-interactive shell starts in the background (`pytest ... &`, `nohup`, some CI
+    runners) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler:
+    the stage rightly ignores Ctrl-C, as the shell asked, and the round runs on. That, not the
+    stage, made the SIGINT case below fail when the suite itself ran in the background.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_long_round(tmp_path, round_data):
     params = write_params(tmp_path, env={"vector": "async"}, ppo={**PPO, "iterations": 500},
                           rounds={"r01": {"policy_in": "sft", "buffer_in": "demos"}})
     err = tmp_path / "stderr.txt"
     with open(err, "w") as fh:
         proc = stage(["ppo", "--round", "r01", "--data", str(round_data)], params, stdout=subprocess.DEVNULL,
-                     stderr=fh, start_new_session=True)
+                     stderr=fh, start_new_session=True, preexec_fn=sigint_as_in_a_terminal)
     wait_for(err, "ppo r01:", proc)  # the env workers are stepping
     time.sleep(1.0)
     workers = psutil.Process(proc.pid).children(recursive=True)

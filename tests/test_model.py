@@ -88,6 +88,30 @@ def test_instruction_changes_the_output(policy):
     assert torch.allclose(means[0], means[2]) and not torch.allclose(means[0], means[1])
 
 
+def test_instruction_cache_reuses_the_encoding_bit_for_bit_and_only_while_acting(policy):
+    """Inside `instruction_cache()` the text encoder runs once per set of instructions, and the
+    outputs equal uncached ones exactly; outside it, or with grad, every call encodes afresh."""
+    calls = []
+    handle = policy.text.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        mixed, single = obs(), obs(batch=1)
+        with torch.no_grad():
+            plain = [policy(**policy.obs_to_tensors(o)) for o in (mixed, single, mixed)]
+            assert len(calls) == 3
+            with policy.instruction_cache():
+                cached = [policy(**policy.obs_to_tensors(o)) for o in (mixed, single, mixed, single)]
+            assert len(calls) == 3 + 2  # one encoding per distinct set ({0, 1} and {0})
+        for a, b in zip(plain + plain[1:2], cached):
+            assert torch.equal(a.action_mean, b.action_mean) and torch.equal(a.value, b.value)
+        with policy.instruction_cache():  # with grad (training): never cached
+            policy(**policy.obs_to_tensors(mixed))
+            policy(**policy.obs_to_tensors(mixed))
+        assert len(calls) == 7
+        assert policy._instruction_cache is None  # left when the block ends
+    finally:
+        handle.remove()
+
+
 def test_save_pretrained_from_pretrained_round_trip(policy, tmp_path):
     policy.set_normalization(np.ones((10, 4)) * 3 + np.arange(10)[:, None], np.zeros((10, 4)))
     save_policy(policy, tmp_path / "ck", {"stage": "test"})

@@ -250,7 +250,7 @@ def evaluate_policy(policy, env_cfg: EnvConfig, eval_cfg: EvaluateConfig, splits
 
     envs = make_chunk_vector_env(env_cfg, policy.config.chunk_len, gamma, queues, env_cfg.vector)
     try:
-        with acting_threads():
+        with acting_threads(), policy.instruction_cache():
             return run_episodes(envs, act, len(episodes), desc=desc)
     finally:
         envs.close()

@@ -16,9 +16,8 @@ from vla_pipeline.envs.vector import reset_done
 from vla_pipeline.rl.storage import RolloutBatch, chunk_gae
 
 
-def add_chunk(episode: Episode, views: np.ndarray, info: dict, i: int, steps: int) -> None:
-    """Append one executed chunk of env i: the decision frame at its first step only."""
-    frames = encode_views(views)
+def add_chunk(episode: Episode, frames: tuple[bytes, ...], info: dict, i: int, steps: int) -> None:
+    """Append one executed chunk of env i: the decision frame (PNG per camera) at its first step only."""
     for j in range(steps):
         episode.add_step(frames if j == 0 else (), info["chunk_proprio"][i][j], info["chunk_states"][i][j],
                          info["chunk_actions"][i][j], float(info["chunk_rewards"][i][j]),
@@ -40,6 +39,20 @@ class ChunkCollector:
     def _values(self, policy, obs: dict) -> np.ndarray:
         return policy(**policy.obs_to_tensors(obs)).value.cpu().numpy().astype(np.float64)
 
+    def _step_and_encode(self, actions: np.ndarray) -> tuple:
+        """Step every env and PNG-encode the decision frames (~1.3 ms each at 84 px). Worker
+        processes step while this process encodes, which it would otherwise wait idle. The
+        frames are `self.obs`, the vector env's copy, which the step in flight does not touch."""
+        if hasattr(self.envs, "step_async"):  # AsyncVectorEnv
+            self.envs.step_async(actions)
+            frames = self._encode_decision_frames()
+            return (*self.envs.step_wait(), frames)
+        frames = self._encode_decision_frames()
+        return (*self.envs.step(actions), frames)
+
+    def _encode_decision_frames(self) -> list[tuple[bytes, ...]]:
+        return [encode_views(views) for views in self.obs[C.OBS_IMAGE]]
+
     @torch.no_grad()
     def collect(self, policy, lockstep_steps: int) -> tuple[RolloutBatch, list[Episode], dict]:
         n, k = self.envs.num_envs, policy.config.chunk_len
@@ -48,36 +61,37 @@ class ChunkCollector:
         store = {key: [] for key in keys}
         finished: list[Episode] = []
         instructions = policy.config.instructions
-        for _ in range(lockstep_steps):
-            out = policy.act(self.obs, deterministic=False, generator=self.generator, with_log_probs=True)
-            next_obs, rewards, terminated, truncated, info = self.envs.step(out["actions"])
-            steps = np.asarray(info["steps"], np.int64)
-            next_values = np.zeros(n)
-            if truncated.any():  # bootstrap from the final observation of cut episodes
-                next_values[truncated] = self._values(policy, _subset(next_obs, truncated))
-            for key, value in (("images", self.obs[C.OBS_IMAGE]), ("proprio", self.obs[C.OBS_PROPRIO]),
-                               ("state", self.obs[C.OBS_STATE]),
-                               ("task_index", self.obs[C.OBS_TASK_INDEX]), ("actions", out["actions_normalized"]),
-                               ("step_log_probs", out["step_log_probs"]), ("values", out["value"]),
-                               ("rewards", rewards), ("steps", steps), ("terminated", terminated),
-                               ("truncated", truncated), ("next_values", next_values)):
-                store[key].append(np.asarray(value).copy())
-            done = terminated | truncated
-            for i in range(n):
-                add_chunk(self.open[i], self.obs[C.OBS_IMAGE][i], info, i, int(steps[i]))
-                if done[i]:
-                    self.open[i].instruction = instructions[int(self.obs[C.OBS_TASK_INDEX][i])]
-                    finished.append(self.open[i].finish(bool(terminated[i]), bool(truncated[i])))
-            self.env_steps += int(steps.sum())
-            self.obs = next_obs
-            if done.any():
-                self.obs, reset_info = reset_done(self.envs, done)
-                for i in np.flatnonzero(done):
-                    self.open[i] = self._new_episode(reset_info, i)
-        arrays = {key: np.stack(v) for key, v in store.items()}  # (T, N, ...)
-        # V(o_{k+1}) of a running episode is the next decision's value; the last row uses the
-        # value of the current observation (the chain is cut there).
-        last_values = self._values(policy, self.obs)
+        with policy.instruction_cache():  # weights are fixed while collecting: encode each task mix once
+            for _ in range(lockstep_steps):
+                out = policy.act(self.obs, deterministic=False, generator=self.generator, with_log_probs=True)
+                next_obs, rewards, terminated, truncated, info, frames = self._step_and_encode(out["actions"])
+                steps = np.asarray(info["steps"], np.int64)
+                next_values = np.zeros(n)
+                if truncated.any():  # bootstrap from the final observation of cut episodes
+                    next_values[truncated] = self._values(policy, _subset(next_obs, truncated))
+                for key, value in (("images", self.obs[C.OBS_IMAGE]), ("proprio", self.obs[C.OBS_PROPRIO]),
+                                   ("state", self.obs[C.OBS_STATE]),
+                                   ("task_index", self.obs[C.OBS_TASK_INDEX]), ("actions", out["actions_normalized"]),
+                                   ("step_log_probs", out["step_log_probs"]), ("values", out["value"]),
+                                   ("rewards", rewards), ("steps", steps), ("terminated", terminated),
+                                   ("truncated", truncated), ("next_values", next_values)):
+                    store[key].append(np.asarray(value).copy())
+                done = terminated | truncated
+                for i in range(n):
+                    add_chunk(self.open[i], frames[i], info, i, int(steps[i]))
+                    if done[i]:
+                        self.open[i].instruction = instructions[int(self.obs[C.OBS_TASK_INDEX][i])]
+                        finished.append(self.open[i].finish(bool(terminated[i]), bool(truncated[i])))
+                self.env_steps += int(steps.sum())
+                self.obs = next_obs
+                if done.any():
+                    self.obs, reset_info = reset_done(self.envs, done)
+                    for i in np.flatnonzero(done):
+                        self.open[i] = self._new_episode(reset_info, i)
+            arrays = {key: np.stack(v) for key, v in store.items()}  # (T, N, ...)
+            # V(o_{k+1}) of a running episode is the next decision's value; the last row uses the
+            # value of the current observation (the chain is cut there).
+            last_values = self._values(policy, self.obs)
         running = ~(arrays["terminated"] | arrays["truncated"])
         following = np.concatenate([arrays["values"][1:], last_values[None]], axis=0)
         arrays["next_values"] = np.where(running, following, arrays["next_values"])

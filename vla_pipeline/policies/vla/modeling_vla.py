@@ -11,6 +11,7 @@ the safetensors checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -146,6 +147,7 @@ class VLAPolicy(PreTrainedModel):
             head[-1].weight.data.mul_(0.1)
         if config.freeze_text:
             self.text.requires_grad_(False)
+        self._instruction_cache = None  # a dict inside `instruction_cache()`
         self.post_init()
 
     # transformers calls this for weights missing from a checkpoint; our own init is in __init__.
@@ -174,9 +176,29 @@ class VLAPolicy(PreTrainedModel):
         """Encode instructions; with `task_index`, each distinct instruction is encoded once."""
         if input_ids is None:
             unique, inverse = torch.unique(task_index, return_inverse=True)
-            hidden, mask = self._encode_text(self.instruction_ids[unique], self.instruction_mask[unique])
+            cache = self._instruction_cache if not (self.training or torch.is_grad_enabled()) else None
+            key = tuple(unique.tolist())
+            encoded = cache.get(key) if cache is not None else None
+            if encoded is None:
+                encoded = self._encode_text(self.instruction_ids[unique], self.instruction_mask[unique])
+                if cache is not None:
+                    cache[key] = encoded
+            hidden, mask = encoded
             return hidden[inverse], mask[inverse]
         return self._encode_text(input_ids, attention_mask)
+
+    @contextlib.contextmanager
+    def instruction_cache(self):
+        """While acting with fixed weights, reuse the text encoding of each set of instructions.
+
+        Keyed by the exact set a batch holds, so a reused encoding is the very computation the
+        batch would repeat: outputs stay bit-identical. Only used in eval mode without grad.
+        """
+        previous, self._instruction_cache = self._instruction_cache, {}
+        try:
+            yield
+        finally:
+            self._instruction_cache = previous
 
     def _encode_text(self, input_ids, attention_mask):
         hidden = self.text_proj(self.text(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state)
