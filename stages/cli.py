@@ -20,6 +20,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="vla-pipeline stages (see dvc.yaml).")
 
 PARAMS = typer.Option(Path("params.yaml"), "--params", help="Params file (validated as a whole).")
+# Shared by `bench` and `bench-scale`.
+REPEATS = typer.Option(3, min=3, help="Timed repeats per figure; each figure is their median.")
+COLLECTOR_STEPS = typer.Option(500, min=1, help="Env steps per repeat of the chunk collector.")
+SFT_STEPS = typer.Option(20, min=1, help="SFT optimiser steps per repeat.")
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -30,6 +34,7 @@ def user_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            _refuse_ranks_unless_supported(fn.__name__)
             if os.environ.get("DVC_ROOT"):
                 from vla_pipeline.io import sweep_stale_temporaries
 
@@ -48,6 +53,17 @@ def user_errors(fn: Callable) -> Callable:
             raise typer.Exit(143) from None
 
     return wrapper
+
+
+_DATA_PARALLEL = ("sft_cmd", "ppo_cmd")  # the commands that run as torchrun ranks (README)
+
+
+def _refuse_ranks_unless_supported(name: str) -> None:
+    """Under torchrun every rank would run a one-process stage in full and write its outputs."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and name not in _DATA_PARALLEL:
+        command = name.removesuffix("_cmd").replace("_", "-")
+        raise PipelineError(f"'{command}' runs on one rank; start it without torchrun "
+                            f"(data-parallel stages: {', '.join(n.removesuffix('_cmd') for n in _DATA_PARALLEL)})")
 
 
 class _Terminated(BaseException):
@@ -100,6 +116,7 @@ def sft_cmd(
     """Supervised warm start of the VLA on the demo snapshot."""
     import torch
 
+    from vla_pipeline import distributed
     from vla_pipeline.checkpoint import save_policy
     from vla_pipeline.config import load_params
     from vla_pipeline.data.snapshot import load_snapshot
@@ -110,7 +127,8 @@ def sft_cmd(
 
     params = load_params(params_file)
     preflight.check_devices(params, ("sft.device",))
-    torch.set_num_threads(params.sft.num_threads)
+    distributed.init_from_env(params.sft.device)  # under torchrun: data-parallel ranks (README)
+    torch.set_num_threads(distributed.threads_per_rank(params.sft.num_threads))
     tasks = resolve_tasks(params.env)
     table, manifest = load_snapshot(demos, tasks)
     missing = sorted(set(tasks) - set(table.task))
@@ -120,6 +138,8 @@ def sft_cmd(
     torch.manual_seed(params.sft.seed)  # the random init is part of the reproducible result
     policy = build_policy(params.policy, params.env, tasks)
     result = train_sft(policy, table, params, validation_rollouts(params) if params.sft.validate_every else None)
+    if not distributed.is_main():  # rank 0 writes
+        return distributed.shutdown()
     with atomic_directory(out) as tmp:
         save_policy(policy, tmp, {"stage": "sft", "steps": params.sft.steps, "best_step": result.best_step,
                                   "final_loss": result.final_loss, "validation": result.validation,
@@ -127,6 +147,7 @@ def sft_cmd(
     write_json_atomic(curve, result.curve)
     _echo_json({"final_loss": result.final_loss, "best_step": result.best_step, "validation": result.validation,
                 "skipped_batches": result.skipped_batches})
+    distributed.shutdown()
 
 
 @app.command("evaluate")
@@ -264,6 +285,7 @@ def ppo_cmd(
     preflight.check_rendering()  # before anything imports mujoco
     import torch
 
+    from vla_pipeline import distributed
     from vla_pipeline.checkpoint import load_policy, save_policy
     from vla_pipeline.config import load_params
     from vla_pipeline.data.snapshot import read_manifest, write_snapshot
@@ -275,7 +297,8 @@ def ppo_cmd(
     params = load_params(params_file)
     item = round_item(params, round_name)
     preflight.check_devices(params, ("ppo.device",))
-    torch.set_num_threads(params.ppo.num_threads)
+    distributed.init_from_env(params.ppo.device)  # under torchrun: data-parallel updates (README)
+    torch.set_num_threads(distributed.threads_per_rank(params.ppo.num_threads))
     policy = load_policy(checkpoint_dir(item.policy_in, data), params.ppo.device)
     tasks = resolve_tasks(params.env)
     _check_policy_fits_env(policy, params, tasks, checkpoint_dir(item.policy_in, data))
@@ -284,6 +307,8 @@ def ppo_cmd(
         _check_snapshot_fits_env(source, read_manifest(source), params)
     buffer, _ = open_buffer(params, item.buffer_in, source)
     result = run_round(policy, buffer, params, round_name)
+    if not distributed.is_main():  # rank 0 writes
+        return distributed.shutdown()
     size, cameras = params.env.image_size, params.env.cameras
     with atomic_directory(checkpoint_dir(round_name, data)) as tmp:
         save_policy(policy, tmp, {"stage": "ppo", "round": round_name, "policy_in": item.policy_in,
@@ -297,6 +322,7 @@ def ppo_cmd(
     write_json_atomic(curve or data / "metrics" / f"train-{round_name}.json", result.curve)
     _echo_json({"round": round_name, "successes": len(result.successes), "buffer": buffer.stats(),
                 **result.counters})
+    distributed.shutdown()
 
 
 @app.command("snapshot")
@@ -520,10 +546,10 @@ def report_cmd(
 @user_errors
 def bench_cmd(
     out: Path = typer.Option(Path("data/metrics/bench.json"), help="Write the benchmark here (JSON)."),
-    repeats: int = typer.Option(3, min=3, help="Timed repeats per figure; each figure is their median."),
+    repeats: int = REPEATS,
     raw_steps: int = typer.Option(1500, min=1, help="Env steps per repeat of the raw MetaWorld loop."),
-    collector_steps: int = typer.Option(500, min=1, help="Env steps per repeat of the chunk collector."),
-    sft_steps: int = typer.Option(20, min=1, help="SFT optimiser steps per repeat."),
+    collector_steps: int = COLLECTOR_STEPS,
+    sft_steps: int = SFT_STEPS,
     ppo_decisions: int = typer.Option(128, min=2, help="Decisions in the rollout batch each PPO update repeat uses."),
     demos: Path = typer.Option(None, help="Demo snapshot for SFT / PPO (default: collect a tiny one)."),
     params_file: Path = PARAMS,
@@ -538,6 +564,27 @@ def bench_cmd(
     sizes = BenchSizes(repeats=repeats, raw_steps=raw_steps, collector_steps=collector_steps, sft_steps=sft_steps,
                        ppo_decisions=ppo_decisions)
     _echo_json(describe(run_bench(load_params(params_file), out, sizes, demos)))
+
+
+@app.command("bench-scale")
+@user_errors
+def bench_scale_cmd(
+    out: Path = typer.Option(Path("data/metrics/bench-scale.json"), help="Write the benchmark here (JSON)."),
+    repeats: int = REPEATS,
+    collector_steps: int = COLLECTOR_STEPS,
+    sft_steps: int = SFT_STEPS,
+    demos: Path = typer.Option(None, help="Demo snapshot for SFT (default: collect a tiny one)."),
+    params_file: Path = PARAMS,
+):
+    """Scale-out figures in one run (not a DVC stage): the collector on Ray with 1 / 2 / 4 env
+    workers beside 2 local async workers, and SFT on 1 / 2 torchrun ranks (gloo on the CPU).
+    Ray and gloo open sockets: run it in a private network namespace where that matters."""
+    preflight.check_rendering()  # before anything imports mujoco
+    from vla_pipeline.bench_scale import run_scale_bench
+    from vla_pipeline.config import load_params
+
+    result = run_scale_bench(load_params(params_file), out, repeats, collector_steps, sft_steps, demos)
+    _echo_json({"ratios": result["ratios"], "total_seconds": result["total_seconds"]})
 
 
 @app.command("check-params")

@@ -33,6 +33,14 @@ class RenderConfig(Section):
     skybox: bool = False
 
 
+class RayConfig(Section):
+    """Env workers as Ray actors (`env.vector: ray`); the policy acts in the stage's process."""
+
+    address: Optional[str] = None  # null: start Ray here (or join RAY_ADDRESS); "auto" / "host:port": a cluster
+    envs_per_worker: int = Field(1, ge=1, le=256)  # consecutive envs per actor; num_envs / this = actors
+    worker_cpus: float = Field(1.0, gt=0.0, le=256.0)  # CPUs Ray reserves per actor (placement only)
+
+
 class EnvConfig(Section):
     """What the policy sees and how episodes run (shared by every stage that steps envs).
 
@@ -54,7 +62,8 @@ class EnvConfig(Section):
     validation_seed: int = Field(1234, ge=0)
     test_seed: int = Field(4242, ge=0)
     num_envs: int = Field(2, ge=1, le=256)  # envs stepped in lockstep, one policy batch
-    vector: Literal["sync", "async"] = "async"  # async = one spawned process per env
+    vector: Literal["sync", "async", "ray"] = "async"  # async = one spawned process per env; ray: actors
+    ray: RayConfig = RayConfig()
     render: RenderConfig = RenderConfig()
 
     @field_validator("tasks", "cameras")

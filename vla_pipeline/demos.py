@@ -57,6 +57,28 @@ def collect_task(env_cfg: dict, task: str, specs: list[EpisodeSpec], noise: floa
     return episodes, {"env_steps": steps, "renders": renders, "seconds": time.perf_counter() - started}
 
 
+def _collect_on_ray(jobs: list, params: Params, bar) -> list:
+    """The same jobs as Ray tasks (`env.vector: ray`), read back in job order."""
+    import ray
+
+    from vla_pipeline.envs.ray_vector import start_ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        start_ray(params.env.ray, params.env.num_envs)
+    try:
+        task = ray.remote(collect_task).options(num_cpus=params.env.ray.worker_cpus)
+        refs = [task.remote(*job) for job in jobs]
+        results = []
+        for job, ref in zip(jobs, refs):
+            results.append(ray.get(ref))
+            bar.update(len(job[2]))
+        return results
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
 def collect_demos(params: Params, out_dir: Path, section: str = "demos") -> dict:
     """Collect, filter and write the demo snapshot into `out_dir` (already atomic)."""
     demos = getattr(params, section)
@@ -70,10 +92,12 @@ def collect_demos(params: Params, out_dir: Path, section: str = "demos") -> dict
             jobs.append((env_dict, task, specs[start:start + 25], demos.action_noise, instruction,
                          demos.frame_every))
     started = time.perf_counter()
-    workers = params.env.num_envs if params.env.vector == "async" else 1
+    workers = params.env.num_envs if params.env.vector != "sync" else 1
     bar = tqdm(total=sum(len(job[2]) for job in jobs), desc="collect_demos", unit="ep", mininterval=1.0)
     results = []
-    if workers > 1:
+    if params.env.vector == "ray":
+        results = _collect_on_ray(jobs, params, bar)
+    elif workers > 1:
         ctx = multiprocessing.get_context("spawn")  # never fork after EGL rendering
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
             futures = [pool.submit(collect_task, *job) for job in jobs]

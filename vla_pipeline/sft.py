@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from vla_pipeline import distributed
 from vla_pipeline.config import Params, SFTConfig
 from vla_pipeline.data.snapshot import StepTable
 from vla_pipeline.data.windows import ChunkWindows
@@ -71,40 +72,44 @@ def train_on_windows(policy: VLAPolicy, windows, cfg: SFTConfig, aux_state_weigh
     generator = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     policy.to(cfg.device).train()
+    distributed.broadcast_parameters(policy)
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = get_cosine_schedule_with_warmup(optimizer, min(cfg.warmup_steps, cfg.steps), cfg.steps)
+    with distributed.synced_batch_norm(policy):
+        return _train_loop(policy, windows, cfg, aux_state_weight, validate, rng, generator, optimizer, schedule,
+                           trainable)
+
+
+def _train_loop(policy, windows, cfg: SFTConfig, aux_state_weight: float, validate: Optional[Validator], rng,
+                generator, optimizer, schedule, trainable) -> TrainResult:
     curve, skipped, running = [], 0, []
     best = {"score": -1.0, "step": cfg.steps, "state": None, "validation": None, "stale": 0}
     checking = validate is not None and cfg.validate_every > 0
-    bar = tqdm(range(1, cfg.steps + 1), desc="sft", unit="step", mininterval=2.0, dynamic_ncols=True)
+    bar = tqdm(range(1, cfg.steps + 1), desc="sft", unit="step", mininterval=2.0, dynamic_ncols=True,
+               disable=True if not distributed.is_main() else None)
     for step in bar:
-        rows = windows.sample(rng, cfg.batch_size)
-        batch = batch_to_tensors(windows.batch(rows), cfg.device)
-        loss = bc_loss_on_batch(policy, batch, cfg.loss, cfg.augment_shift, generator, aux_state_weight)
-        optimizer.zero_grad(set_to_none=True)
-        if torch.isfinite(loss):
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-        if not torch.isfinite(loss) or not torch.isfinite(grad_norm):
+        loss, grad_norm = sft_step(policy, windows, cfg, aux_state_weight, rng, generator, optimizer, trainable)
+        if not np.isfinite(loss) or not torch.isfinite(grad_norm):
             skipped += 1
             if skipped > cfg.max_skipped_batches:
                 raise PipelineError(
-                    f"sft: non-finite loss or gradient at step {step} (loss={loss.item()}); "
+                    f"sft: non-finite loss or gradient at step {step} (loss={loss}); "
                     f"stopping without writing a checkpoint (sft.max_skipped_batches={cfg.max_skipped_batches})"
                 )
             continue
         optimizer.step()
         schedule.step()
-        running.append(loss.item())
+        running.append(loss)
         if step % cfg.log_every == 0 or step == cfg.steps:
             mean_loss = float(np.mean(running))
             curve.append({"step": step, "loss": mean_loss, "lr": schedule.get_last_lr()[0]})
             bar.set_postfix(loss=f"{mean_loss:.4f}")
             running = []
         if checking and (step % cfg.validate_every == 0 or step == cfg.steps):
-            _validation_check(policy, validate, step, best, curve)
-            if best["stale"] >= cfg.patience:
+            if distributed.is_main():  # one rank rolls out; the others wait for its decision
+                _validation_check(policy, validate, step, best, curve)
+            if distributed.broadcast(best["stale"] >= cfg.patience):
                 break  # no new best for `patience` checks
             policy.train()
     if checking and best["state"] is not None:
@@ -112,6 +117,26 @@ def train_on_windows(policy: VLAPolicy, windows, cfg: SFTConfig, aux_state_weigh
     policy.eval()
     final_loss = next((c["loss"] for c in reversed(curve) if "loss" in c), float("nan"))
     return TrainResult(curve, skipped, final_loss, best["step"] if checking else step, best["validation"])
+
+
+def sft_step(policy: VLAPolicy, windows, cfg: SFTConfig, aux_state_weight: float, rng: np.random.Generator,
+             generator: torch.Generator, optimizer: torch.optim.Optimizer, trainable: list) -> tuple[float, torch.Tensor]:
+    """Loss and gradient of one batch, ready for `optimizer.step()`: (mean loss, gradient norm).
+
+    Under torchrun every rank draws the same batch and keeps its block of rows; the gradients
+    are averaged over ranks (vla_pipeline.distributed), so the step is the one-rank step."""
+    rows = windows.sample(rng, cfg.batch_size)
+    part = distributed.block(len(rows))
+    batch = batch_to_tensors(windows.batch(rows[part]), cfg.device)
+    block = (part, len(rows)) if distributed.world_size() > 1 else None
+    loss = bc_loss_on_batch(policy, batch, cfg.loss, cfg.augment_shift, generator, aux_state_weight, block)
+    optimizer.zero_grad(set_to_none=True)
+    mean_loss = distributed.mean_value(loss.item())
+    if not np.isfinite(mean_loss):
+        return mean_loss, torch.tensor(float("nan"))
+    loss.backward()
+    distributed.average_gradients(trainable)
+    return mean_loss, torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
 
 
 def _validation_check(policy: VLAPolicy, validate: Validator, step: int, best: dict, curve: list[dict]) -> None:

@@ -1,4 +1,5 @@
-"""Vector envs of `ChunkEnv`: in-process (sync) or one process per env (async, spawn).
+"""Vector envs of `ChunkEnv`: in-process (sync), one process per env (async, spawn), or Ray
+actors (ray, envs/ray_vector.py).
 
 `spawn`, never `fork`: a forked worker hangs on its first EGL render once the parent has
 rendered (dvc-scaling.md 3.5). Envs are built inside the workers from picklable factories.
@@ -30,6 +31,10 @@ def make_chunk_vector_env(
     ]
     if mode == "sync":
         return SyncVectorEnv(factories, autoreset_mode=AutoresetMode.DISABLED)
+    if mode == "ray":
+        from vla_pipeline.envs.ray_vector import RayChunkEnvs  # Ray is imported only when used
+
+        return RayChunkEnvs(factories, cfg.ray)
     _quiet_resource_tracker()
     try:
         return _AsyncChunkEnvs(

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from vla_pipeline import distributed
 from vla_pipeline.config import EnvConfig, Params
 from vla_pipeline.data.episode import Episode
 from vla_pipeline.data.windows import ChunkWindows
@@ -94,23 +95,27 @@ class PPOTrainer:
 
     def bc_loss(self, windows: ChunkWindows) -> torch.Tensor:
         rows = windows.sample(self.rng, self.params.bc.batch_size)
-        batch = batch_to_tensors(windows.batch(rows), self.cfg.device)
+        part = distributed.block(len(rows))  # this rank's block (all of it on one rank)
+        batch = batch_to_tensors(windows.batch(rows[part]), self.cfg.device)
         return bc_loss_on_batch(self.policy, batch, self.params.bc.loss, 0, self.generator,
-                                self.params.policy.aux_state_weight)
+                                self.params.policy.aux_state_weight,
+                                (part, len(rows)) if distributed.world_size() > 1 else None)
 
     @torch.no_grad()
     def measure_bc_loss(self, batches: int = 4) -> float | None:
         windows = self.bc_windows()
         if windows is None:
             return None
-        return float(np.mean([self.bc_loss(windows).item() for _ in range(batches)]))
+        return float(np.mean([distributed.mean_value(self.bc_loss(windows).item()) for _ in range(batches)]))
 
     # ------------------------------------------------------------------ update
     def update(self, batch: RolloutBatch, value_only: bool) -> dict:
         """Minibatch epochs over one iteration's decisions.
 
         The policy stays in eval mode: BatchNorm uses its running statistics, so the new
-        policy equals the behaviour policy at the first minibatch (ratio exactly 1).
+        policy equals the behaviour policy at the first minibatch (ratio exactly 1). Under
+        torchrun each rank takes its block of every minibatch and the logged and tested
+        scalars are means over ranks, so all ranks stop and weight alike.
         """
         cfg, policy = self.cfg, self.policy
         policy.eval()
@@ -126,20 +131,21 @@ class PPOTrainer:
                 idx = order[start:start + cfg.minibatch_size]
                 if len(idx) < 2:
                     continue
-                terms, bc_loss = self._minibatch_loss(batch, idx, windows)
-                loss = terms.value_loss * cfg.value_coef if value_only else terms.loss
-                if bc_loss is not None:
-                    loss = loss + self.weight.weight * bc_loss
+                terms, bc_loss, loss = self.minibatch_loss(batch, idx, windows, value_only)
                 self._step(loss)
+                scalars = {key: distributed.mean_value(getattr(terms, key).item())
+                           for key in ("policy_loss", "value_loss", "approx_kl", "clip_fraction", "ratio_mean",
+                                       "entropy")}
                 if not first_minibatch:
-                    first_minibatch = {"ratio": terms.ratio_mean.item(), "clip_fraction": terms.clip_fraction.item()}
+                    first_minibatch = {"ratio": scalars["ratio_mean"], "clip_fraction": scalars["clip_fraction"]}
                 if bc_loss is not None:
-                    logs["bc_loss"].append(bc_loss.item())
-                    self.weight.update(bc_loss.item())
+                    bc_value = distributed.mean_value(bc_loss.item())
+                    logs["bc_loss"].append(bc_value)
+                    self.weight.update(bc_value)
                 logs["weight"].append(self.weight.weight)
-                for key in ("policy_loss", "value_loss", "approx_kl", "clip_fraction", "ratio_mean", "entropy"):
-                    logs[key].append(getattr(terms, key).item())
-                if not value_only and cfg.target_kl is not None and terms.approx_kl.item() > cfg.target_kl:
+                for key, value in scalars.items():
+                    logs[key].append(value)
+                if not value_only and cfg.target_kl is not None and scalars["approx_kl"] > cfg.target_kl:
                     stop = True
                     break
             if stop:
@@ -150,7 +156,15 @@ class PPOTrainer:
                    explained_variance=explained_variance(batch.values, batch.returns))
         return out
 
-    def _minibatch_loss(self, batch: RolloutBatch, idx: np.ndarray, windows):
+    def minibatch_loss(self, batch: RolloutBatch, idx: np.ndarray, windows, value_only: bool) -> tuple:
+        """(PPO terms, BC loss or None, the loss to minimise) of this rank's block of minibatch idx."""
+        terms, bc_loss = self._ppo_and_bc_losses(batch, idx[distributed.block(len(idx))], windows)
+        loss = terms.value_loss * self.cfg.value_coef if value_only else terms.loss
+        if bc_loss is not None:
+            loss = loss + self.weight.weight * bc_loss
+        return terms, bc_loss, loss
+
+    def _ppo_and_bc_losses(self, batch: RolloutBatch, idx: np.ndarray, windows):
         cfg, policy = self.cfg, self.policy
         t = lambda a: torch.as_tensor(a[idx], device=cfg.device)  # noqa: E731
         out = policy(images=t(batch.images), proprio=t(batch.proprio), state=t(batch.state),
@@ -172,10 +186,18 @@ class PPOTrainer:
         bc_loss = self.bc_loss(windows) if windows is not None else None
         return terms, bc_loss
 
-    def _step(self, loss: torch.Tensor) -> None:
+    def gradient(self, loss: torch.Tensor) -> bool:
+        """Backward, then the mean gradient over ranks; False for a non-finite loss (the mean
+        over ranks is tested, so every rank skips alike)."""
         self.optimizer.zero_grad(set_to_none=True)
-        if torch.isfinite(loss):
-            loss.backward()
+        if not np.isfinite(distributed.mean_value(loss.item())):
+            return False
+        loss.backward()
+        distributed.average_gradients(self.trainable)
+        return True
+
+    def _step(self, loss: torch.Tensor) -> None:
+        if self.gradient(loss):
             grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.max_grad_norm)
             if torch.isfinite(grad_norm):
                 self.optimizer.step()
@@ -201,29 +223,37 @@ def training_env_config(params: Params) -> EnvConfig:
 
 
 def run_round(policy: VLAPolicy, buffer: SelfBCBuffer, params: Params, round_name: str) -> RoundResult:
+    """Under torchrun, rank 0 steps the envs and sends each iteration's rollouts to every rank,
+    so all ranks keep the same buffer and curriculum and update on blocks of the same batch."""
     cfg = params.ppo
     torch.manual_seed(round_seed(params, round_name))
     policy.to(cfg.device)
+    distributed.broadcast_parameters(policy)
     trainer = PPOTrainer(policy, buffer, params, round_name)
     start_bc = trainer.measure_bc_loss()
     if params.bc.weight_rule == "dual" and start_bc is not None:
         trainer.weight.set_target(start_bc, params.bc.target_slack)
     n_envs = params.env.num_envs
     lockstep = -(-cfg.decisions_per_iteration // n_envs)
+    main = distributed.is_main()
     envs = make_chunk_vector_env(training_env_config(params), policy.config.chunk_len, cfg.gamma,
-                                 training_queues(params, n_envs, trainer.seed), params.env.vector)
+                                 training_queues(params, n_envs, trainer.seed), params.env.vector) if main else None
     curriculum = TaskCurriculum(resolve_tasks(params.env), cfg.task_sampling, cfg.task_floor, cfg.task_window)
     curve, successes = [], []
     timing = {"collect_seconds": 0.0, "update_seconds": 0.0}  # printed, never stored in outputs
     started = time.perf_counter()
     collector = None
     try:
-        collector = ChunkCollector(envs, cfg.gamma, cfg.gae_lambda, round_name, trainer.generator)
-        for it in tqdm(range(1, cfg.iterations + 1), desc=f"ppo {round_name}", unit="iter", mininterval=1.0):
+        if main:
+            collector = ChunkCollector(envs, cfg.gamma, cfg.gae_lambda, round_name, trainer.generator)
+        for it in tqdm(range(1, cfg.iterations + 1), desc=f"ppo {round_name}", unit="iter", mininterval=1.0,
+                       disable=True if not main else None):
             t0 = time.perf_counter()
             policy.eval()
-            with acting_threads():
-                batch, finished, stats = collector.collect(policy, lockstep)
+            if main:
+                with acting_threads():
+                    rollout = collector.collect(policy, lockstep)
+            batch, finished, stats = distributed.broadcast(rollout if main else None)
             t_collect = time.perf_counter() - t0
             admitted = 0
             for ep in finished:
@@ -244,13 +274,16 @@ def run_round(policy: VLAPolicy, buffer: SelfBCBuffer, params: Params, round_nam
                 **update})
             weights = curriculum.weights()
             if weights is not None:  # for the episodes that start from now on
-                envs.call("set_task_weights", weights)
+                if main:
+                    envs.call("set_task_weights", weights)
                 curve[-1]["task_weights"] = dict(zip(curriculum.tasks, weights))
             timing["collect_seconds"] += t_collect
             timing["update_seconds"] += time.perf_counter() - t1
     finally:
-        envs.close()
+        if envs is not None:
+            envs.close()
     policy.eval()
-    counters = {"seconds": time.perf_counter() - started, **timing, "env_steps": collector.env_steps,
+    counters = {"seconds": time.perf_counter() - started, **timing,
+                "env_steps": collector.env_steps if collector else None,
                 "skipped_batches": trainer.skipped, "bc_loss_at_start": start_bc}
     return RoundResult(curve, successes, buffer, counters)
