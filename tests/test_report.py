@@ -228,6 +228,15 @@ def test_benchmark_section_shows_medians_and_ratios_against_targets(world, tmp_p
     ratio = compute_ratios(measurements)["collector_over_raw_k4"]["async-n2"]
     assert f"| collector_over_raw_k4.async-n2 | {ratio:.3g} | >= 0.8 |" in md
     assert "| n2_over_n1.async-k4 |" in md and "| n2_over_n1.sync-k4 |" in md
+    assert "bench-scale" not in md  # no such file: no section
+    (metrics / "bench-scale.json").write_text(json.dumps({
+        "measurements": {"collector-ray-n4-k4": {"median": 344.0, "unit": "env_steps/s", "peak_rss_mib": 8836.5}},
+        "ratios": {"ray_n2_over_n1": 1.5, "ray_over_async_n2": {"n4": 1.137}}}))
+    build_report(metrics, videos, params, tmp_path / "report")
+    md = (tmp_path / "report" / "summary.md").read_text()
+    assert "## Benchmark (`python -m stages bench-scale`, data/metrics/bench-scale.json)" in md
+    assert "| collector-ray-n4-k4 | 344 | env_steps/s | 8836 |" in md or "| collector-ray-n4-k4 | 344 | env_steps/s | 8837 |" in md
+    assert "| ray_over_async_n2.n4 | 1.14 |  |" in md and "| ray_n2_over_n1 | 1.5 |  |" in md
     (metrics / "bench.json").write_text(json.dumps([1, 2]))
     with pytest.raises(PipelineError, match="bench.json: not benchmark results"):
         build_report(metrics, videos, params, tmp_path / "report")

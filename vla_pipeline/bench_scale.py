@@ -1,7 +1,9 @@
 """Scale-out benchmark (`stages bench-scale`): Ray env workers and data-parallel SFT ranks.
 
 In one run: the chunk collector with 2 local async workers (the default layout, as the
-reference), then on Ray actors with 1, 2 and 4 workers (one env each); and SFT updates on 1
+reference), then on Ray actors with 1, 2 and 4 workers (one env each); the layout not built
+(a policy copy in every Ray worker, weights sent before each collect) with as many workers;
+and SFT updates on 1
 and 2 torchrun ranks with the same global batch (samples/s counts the global batch). Every
 figure is the median of its repeats in its own spawned process (as `stages bench`). Ray and
 gloo start on this machine; run it inside a private network namespace where that matters
@@ -47,6 +49,12 @@ def run_scale_bench(params: Params, out: str | Path = DEFAULT_OUT, repeats: int 
                       ENV_STEPS_PER_S, {"kind": "collector", "vector": "ray", "num_envs": n, "envs_per_worker": 1,
                                         "chunk_len": CHUNK_LEN})
              for n in RAY_WORKERS]
+    plan += [_Planned(f"policy-in-workers-ray-n{n}-k4", _policy_in_workers_job, {**common, "workers": n},
+                      ENV_STEPS_PER_S, {"kind": "policy copy per Ray worker (the alternative not built)",
+                                        "workers": n, "envs_per_worker": 1, "chunk_len": CHUNK_LEN,
+                                        "weights": "sent to every worker before each collect (ray.put once)",
+                                        "returned": "each worker's rollout batch, to the driver"})
+             for n in RAY_WORKERS]
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         if demos is None:
@@ -71,12 +79,70 @@ def run_scale_bench(params: Params, out: str | Path = DEFAULT_OUT, repeats: int 
                                   for n in RAY_WORKERS},
             "ray_n2_over_n1": round(med("collector-ray-n2-k4") / med("collector-ray-n1-k4"), 3),
             "ray_n4_over_n1": round(med("collector-ray-n4-k4") / med("collector-ray-n1-k4"), 3),
+            "policy_in_workers_over_batched": {
+                f"n{n}": round(med(f"policy-in-workers-ray-n{n}-k4") / med(f"collector-ray-n{n}-k4"), 3)
+                for n in RAY_WORKERS},
             "sft_ranks2_over_ranks1": round(med("sft-ranks2") / med("sft-ranks1"), 3),
         },
         "total_seconds": round(time.perf_counter() - started, 1),
     }
     write_json_atomic(out, result)
     return result
+
+
+class PolicyWorker:
+    """The layout not built, measured for comparison: a Ray actor with its own policy copy
+    acting for its own envs, loading the driver's weights before every collect."""
+
+    def __init__(self, params_raw: dict, chunk_len: int, queue, seed: int):
+        import torch
+
+        from vla_pipeline.bench import _open_every_task, _random_policy
+        from vla_pipeline.envs.tasks import resolve_tasks
+        from vla_pipeline.envs.vector import make_chunk_vector_env
+        from vla_pipeline.rl.rollout import ChunkCollector
+
+        torch.set_num_threads(1)
+        params = Params.model_validate(params_raw)
+        self.policy = _random_policy(params, chunk_len).eval()
+        self.envs = make_chunk_vector_env(params.env, chunk_len, params.ppo.gamma, [queue], "sync")
+        _open_every_task(self.envs, len(resolve_tasks(params.env)))  # as the collector measurements do
+        self.collector = ChunkCollector(self.envs, params.ppo.gamma, params.ppo.gae_lambda, "bench",
+                                        torch.Generator().manual_seed(seed))
+
+    def collect(self, weights: dict, decisions: int) -> tuple:
+        self.policy.load_state_dict(weights)
+        batch, _, stats = self.collector.collect(self.policy, decisions)
+        return stats["env_steps"], batch
+
+
+def _policy_in_workers_job(params_raw: dict, workers: int, chunk_len: int, steps: int, repeats: int,
+                           seed: int) -> dict:
+    import ray
+    import torch
+
+    from vla_pipeline.bench import _random_policy
+    from vla_pipeline.envs.ray_vector import start_ray
+    from vla_pipeline.rl.trainer import training_queues
+
+    params = Params.model_validate(params_raw)
+    start_ray(params.env.ray, workers)
+    try:
+        torch.manual_seed(seed)
+        policy = _random_policy(params, chunk_len).eval()
+        actor = ray.remote(PolicyWorker).options(num_cpus=params.env.ray.worker_cpus)
+        actors = [actor.remote(params_raw, chunk_len, queue, seed + i)
+                  for i, queue in enumerate(training_queues(params, workers, seed))]
+        decisions = -(-steps // (workers * chunk_len))
+
+        def collect() -> int:
+            weights = ray.put(policy.state_dict())
+            return sum(env_steps for env_steps, _ in ray.get([a.collect.remote(weights, decisions) for a in actors]))
+
+        collect()  # warm-up (each worker's first episodes build their MetaWorld envs)
+        return {**_repeat(collect, repeats), "config": {"decisions_per_worker": decisions}}
+    finally:
+        ray.shutdown()
 
 
 def _threads(num_threads: int, ranks: int) -> int:

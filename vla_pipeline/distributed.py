@@ -38,6 +38,12 @@ def init_from_env(device: str) -> None:
     dist.init_process_group("nccl" if cuda else "gloo")
 
 
+def progress_options() -> dict:
+    """tqdm keyword arguments: bars on rank 0 only. Nothing is passed on rank 0, so tqdm keeps
+    its own defaults there (always drawn; TQDM_DISABLE still applies)."""
+    return {} if is_main() else {"disable": True}
+
+
 def threads_per_rank(num_threads: int) -> int:
     """A params thread count is the node's budget: torchrun's ranks on one node share it."""
     return max(1, num_threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))

@@ -87,7 +87,7 @@ def _train_loop(policy, windows, cfg: SFTConfig, aux_state_weight: float, valida
     best = {"score": -1.0, "step": cfg.steps, "state": None, "validation": None, "stale": 0}
     checking = validate is not None and cfg.validate_every > 0
     bar = tqdm(range(1, cfg.steps + 1), desc="sft", unit="step", mininterval=2.0, dynamic_ncols=True,
-               disable=True if not distributed.is_main() else None)
+               **distributed.progress_options())
     for step in bar:
         loss, grad_norm = sft_step(policy, windows, cfg, aux_state_weight, rng, generator, optimizer, trainable)
         if not np.isfinite(loss) or not torch.isfinite(grad_norm):

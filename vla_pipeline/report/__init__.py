@@ -17,7 +17,7 @@ from vla_pipeline.report import collect, figures, render
 HTML_FILE = "report.html"
 SUMMARY_FILE = "summary.md"
 HEADLINE_DIR = "headline"
-BENCH_FILE = "bench.json"
+BENCH_FILES = {"bench.json": "python -m stages bench", "bench-scale.json": "python -m stages bench-scale"}
 
 
 def _protocol_items(proto: dict) -> list[tuple[str, str]]:
@@ -53,14 +53,24 @@ def _summary(results: list[collect.MethodResult]) -> str:
 BENCH_TARGETS = {"collector_over_raw_k4": 0.8, "k8_over_k1": 4.0, "n2_over_n1.async": 1.6}
 
 
-def bench_section(path: Path) -> dict | None:
-    """The benchmark's medians, peak memory and ratios, when `python -m stages bench` wrote them."""
+def bench_sections(metrics_dir: Path) -> list[dict]:
+    """One section per benchmark file that exists (`stages bench`, `stages bench-scale`)."""
+    sections = []
+    for name, command in BENCH_FILES.items():
+        section = bench_section(metrics_dir / name, command)
+        if section is not None:
+            sections.append({"file": f"data/metrics/{name}", "command": command, **section})
+    return sections
+
+
+def bench_section(path: Path, command: str = "python -m stages bench") -> dict | None:
+    """A benchmark's medians, peak memory and ratios, when `command` wrote them."""
     if not path.is_file():
         return None
     data = read_json(path, "benchmark results")
     if not isinstance(data, dict) or not isinstance(data.get("measurements"), dict):
         raise PipelineError(f"{path}: not benchmark results (expected `measurements`); "
-                            "write it with `python -m stages bench`")
+                            f"write it with `{command}`")
     rows = [{"name": name, "median": render.fmt(m.get("median"), ".4g"), "unit": m.get("unit", ""),
              "rss": render.fmt(m.get("peak_rss_mib"), ".0f")}
             for name, m in data["measurements"].items() if isinstance(m, dict)]
@@ -105,7 +115,7 @@ def build_page(metrics_dir: Path, videos_dir: Path, params) -> tuple[dict, list[
         "groups": collect.group_rows(results),
         "papers": [{**p, "ours": ours.get(p["method"], "not run")} for p in collect.PAPERS],
         "seeds": collect.seed_tables(metrics_dir),
-        "bench": bench_section(metrics_dir / BENCH_FILE),
+        "bench": bench_sections(metrics_dir),
         "plots": _plots(metrics_dir, results),
         "previews": [(r.name, items) for r in results if (items := figures.previews(videos_dir, r.name))],
     }
@@ -128,4 +138,4 @@ def build_report(metrics_dir: Path, videos_dir: Path, params, out_dir: Path) -> 
             "previews": sum(len(items) for _, items in page["previews"]), "html": str(out_dir / HTML_FILE)}
 
 
-__all__ = ["BENCH_FILE", "HEADLINE_DIR", "HTML_FILE", "SUMMARY_FILE", "build_page", "build_report"]
+__all__ = ["BENCH_FILES", "HEADLINE_DIR", "HTML_FILE", "SUMMARY_FILE", "build_page", "build_report"]

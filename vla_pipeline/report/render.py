@@ -100,12 +100,12 @@ def markdown(page: dict) -> str:
                                fmt(t["mean_gain"], "+.3f"), {True: "yes", False: "no"}.get(t["positive_on_every_seed"], "-"),
                                t["file"]]
                               for t in page["seeds"]]))
-    if page["bench"]:
-        out += ["", "## Benchmark (`python -m stages bench`, data/metrics/bench.json)", ""]
+    for bench in page["bench"]:
+        out += ["", f"## Benchmark (`{bench['command']}`, {bench['file']})", ""]
         out.append(_md_table(["measurement", "median", "unit", "peak RSS MiB"],
-                             [[b["name"], b["median"], b["unit"], b["rss"]] for b in page["bench"]["figures"]]))
+                             [[b["name"], b["median"], b["unit"], b["rss"]] for b in bench["figures"]]))
         out += ["", _md_table(["ratio", "value", "target"],
-                              [[b["name"], b["value"], b["target"]] for b in page["bench"]["ratios"]])]
+                              [[b["name"], b["value"], b["target"]] for b in bench["ratios"]])]
     return "\n".join(out) + "\n"
 
 
@@ -186,14 +186,14 @@ every seed.</p>
 {% if plots %}<h2>Curves</h2>
 {% for title, uri in plots %}<h3>{{ title }}</h3><img class="plot" alt="{{ title }}" src="{{ uri }}">{% endfor %}{% endif %}
 
-{% if bench %}<h2>Benchmark</h2>
-<p class="note">From <code>python -m stages bench</code> (data/metrics/bench.json): medians of repeats in one run.</p>
+{% for section in bench %}<h2>Benchmark: <code>{{ section.command }}</code></h2>
+<p class="note">From {{ section.file }}: medians of repeats in one run.</p>
 <table><tr><th class="l">measurement</th><th>median</th><th class="l">unit</th><th>peak RSS MiB</th></tr>
-{% for b in bench.figures %}<tr><td class="l">{{ b.name }}</td><td>{{ b.median }}</td><td class="l">{{ b.unit }}</td>
+{% for b in section.figures %}<tr><td class="l">{{ b.name }}</td><td>{{ b.median }}</td><td class="l">{{ b.unit }}</td>
 <td>{{ b.rss }}</td></tr>{% endfor %}</table>
 <table><tr><th class="l">ratio</th><th>value</th><th>target</th></tr>
-{% for b in bench.ratios %}<tr><td class="l">{{ b.name }}</td><td>{{ b.value }}</td><td>{{ b.target }}</td></tr>{% endfor %}
-</table>{% endif %}
+{% for b in section.ratios %}<tr><td class="l">{{ b.name }}</td><td>{{ b.value }}</td><td>{{ b.target }}</td></tr>{% endfor %}
+</table>{% endfor %}
 
 {% if previews %}<h2>Rollouts</h2>
 <p class="note">From the videos each evaluation recorded: an animated preview and a still strip (start to end) per

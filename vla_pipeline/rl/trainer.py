@@ -247,7 +247,7 @@ def run_round(policy: VLAPolicy, buffer: SelfBCBuffer, params: Params, round_nam
         if main:
             collector = ChunkCollector(envs, cfg.gamma, cfg.gae_lambda, round_name, trainer.generator)
         for it in tqdm(range(1, cfg.iterations + 1), desc=f"ppo {round_name}", unit="iter", mininterval=1.0,
-                       disable=True if not main else None):
+                       **distributed.progress_options()):
             t0 = time.perf_counter()
             policy.eval()
             if main:
