@@ -7,6 +7,7 @@ address even when told 127.0.0.1.
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -27,18 +28,12 @@ def in_private_network(cmd: list[str], cwd: Path, timeout: int = 600) -> subproc
     """Run cmd in a new user + network namespace whose only interface is loopback."""
     if shutil.which("unshare") is None or shutil.which("ip") is None:
         pytest.fail("these tests need `unshare` (util-linux) and `ip` (iproute2) to isolate the network")
-    script = "ip link set lo up && exec " + " ".join(map(_quote, cmd))
+    script = "ip link set lo up && exec " + shlex.join(map(str, cmd))
     env = dict(os.environ, **LOOPBACK_ENV, PYTHONPATH=str(ROOT))
     proc = subprocess.run(["unshare", "--user", "--map-root-user", "--net", "sh", "-c", script], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc
-
-
-def _quote(arg) -> str:
-    import shlex
-
-    return shlex.quote(str(arg))
 
 
 def torchrun(ranks: int, *args, module: bool = True) -> list:

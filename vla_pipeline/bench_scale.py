@@ -26,6 +26,7 @@ from typing import Optional
 from vla_pipeline.bench import (ENV_STEPS_PER_S, SAMPLES_PER_S, _collector_job, _demos_job, _measure, _Planned,
                                 _repeat, _run_in_child, _summary_line, bench_params, machine_facts)
 from vla_pipeline.config import Params
+from vla_pipeline.distributed import threads_per_rank
 from vla_pipeline.errors import PipelineError
 
 DEFAULT_OUT = Path("data/metrics/bench-scale.json")
@@ -63,7 +64,7 @@ def run_scale_bench(params: Params, out: str | Path = DEFAULT_OUT, repeats: int 
         plan += [_Planned(f"sft-ranks{r}", _data_parallel_sft_job,
                           {"params_raw": raw, "demos": str(demos), "ranks": r, "steps": sft_steps, "repeats": repeats},
                           SAMPLES_PER_S, {"kind": "sft", "ranks": r, "global_batch": bench.sft.batch_size,
-                                          "torch_threads_per_rank": _threads(bench.sft.num_threads, r),
+                                          "torch_threads_per_rank": threads_per_rank(bench.sft.num_threads, r),
                                           "backend": "gloo" if bench.sft.device == "cpu" else "nccl"})
                  for r in RANKS]
         measurements = {}
@@ -145,10 +146,6 @@ def _policy_in_workers_job(params_raw: dict, workers: int, chunk_len: int, steps
         ray.shutdown()
 
 
-def _threads(num_threads: int, ranks: int) -> int:
-    return max(1, num_threads // ranks)
-
-
 def _data_parallel_sft_job(params_raw: dict, demos: str, ranks: int, steps: int, repeats: int) -> dict:
     """torchrun with `ranks` processes of `_rank_main`; rank 0's timings come back in a file."""
     with tempfile.TemporaryDirectory(prefix="vla-dp-") as tmp:
@@ -169,6 +166,7 @@ def _data_parallel_sft_job(params_raw: dict, demos: str, ranks: int, steps: int,
 def _rank_main(argv: Optional[list[str]] = None) -> None:
     """One rank: SFT steps (`sft.sft_step` + the optimizer step) on the demo windows, as
     `train_on_windows` runs them; every rank times the same steps, rank 0 writes the rates."""
+    import numpy as np
     import torch
 
     from vla_pipeline import distributed
@@ -197,7 +195,7 @@ def _rank_main(argv: Optional[list[str]] = None) -> None:
     distributed.broadcast_parameters(policy)
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    rng, generator = __import__("numpy").random.default_rng(0), torch.Generator().manual_seed(0)
+    rng, generator = np.random.default_rng(0), torch.Generator().manual_seed(0)
 
     def train(steps: int) -> int:
         for _ in range(steps):

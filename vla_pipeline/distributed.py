@@ -44,9 +44,10 @@ def progress_options() -> dict:
     return {} if is_main() else {"disable": True}
 
 
-def threads_per_rank(num_threads: int) -> int:
+def threads_per_rank(num_threads: int, ranks_on_node: int | None = None) -> int:
     """A params thread count is the node's budget: torchrun's ranks on one node share it."""
-    return max(1, num_threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if ranks_on_node is None else ranks_on_node
+    return max(1, num_threads // ranks)
 
 
 def shutdown() -> None:
@@ -90,11 +91,7 @@ def average_gradients(parameters) -> None:
 
 def mean_value(value: float) -> float:
     """The mean over ranks of a scalar (a loss to log, a KL to stop on): every rank decides alike."""
-    if world_size() == 1:
-        return float(value)
-    t = torch.tensor([float(value)], dtype=torch.float64)
-    dist.all_reduce(t)
-    return float(t.item() / world_size())
+    return sum_value(value) / world_size()
 
 
 def sum_value(value: float) -> float:
