@@ -659,6 +659,17 @@ def _check_snapshot_fits_env(path: Path, manifest: dict, params) -> None:
     if list(cameras) != list(params.env.cameras) or tuple(shape) != (size, size, 3):
         raise PipelineError(f"{path} holds cameras {list(cameras)} at {shape[0]} px; params.yaml asks for "
                             f"env.cameras {list(params.env.cameras)} at {size} px (rerun collect_demos)")
+    recorded = manifest.get("provenance", {}).get("env")
+    if isinstance(recorded, dict):  # demo snapshots record the views they were rendered with
+        _check_same_fovy(recorded.get("camera_fovy", {}), params, f"{path} was rendered", "rerun collect_demos")
+
+
+def _check_same_fovy(recorded: dict, params, what: str, fix: str) -> None:
+    """A policy sees only pixels: frames from another field of view are another input."""
+    wanted = dict(params.env.camera_fovy)
+    if dict(recorded) != wanted:
+        raise PipelineError(f"{what} with env.camera_fovy {dict(recorded) or '{} (MuJoCo views)'}; params.yaml "
+                            f"asks for {wanted or '{} (MuJoCo views)'} ({fix})")
 
 
 def _check_policy_fits_env(policy, params, tasks, checkpoint: Path) -> None:
@@ -668,6 +679,8 @@ def _check_policy_fits_env(policy, params, tasks, checkpoint: Path) -> None:
             f"{checkpoint} was trained on cameras {list(config.cameras)} at {config.image_size} px; "
             f"params.yaml asks for {list(params.env.cameras)} at {params.env.image_size} px"
         )
+    _check_same_fovy((config.env_spec or {}).get("camera_fovy", {}), params, f"{checkpoint} was trained",
+                     "set env.camera_fovy to match, or retrain")
     unknown = sorted(set(tasks) - set(policy.config.task_names))
     if unknown:
         raise PipelineError(f"{checkpoint} does not know tasks {unknown}")

@@ -72,6 +72,21 @@ def test_sft_refuses_demos_of_another_image_size_or_cameras(tmp_path, tiny_demos
         assert result.exit_code == 1 and expected in result.output and "rerun collect_demos" in result.output
 
 
+def test_another_field_of_view_is_refused_for_demos_and_checkpoints(tmp_path, tiny_demos, tiny_checkpoint):
+    """Demos and a checkpoint of MuJoCo's views must not meet a zoomed camera (`env.camera_fovy`):
+    the pixels would be another input, silently."""
+    params = write_params(tmp_path, env={"camera_fovy": {"corner4": 45}})
+    result = runner.invoke(app, ["sft", "--params", str(params), "--demos", str(tiny_demos),
+                                 "--out", str(tmp_path / "ck"), "--curve", str(tmp_path / "c.json")])
+    assert result.exit_code == 1, result.output
+    assert "was rendered with env.camera_fovy {} (MuJoCo views); params.yaml asks for {'corner4': 45.0}" in result.output
+    assert "rerun collect_demos" in result.output and not (tmp_path / "ck").exists()
+    result = runner.invoke(app, ["evaluate", "--params", str(params), "--checkpoint", str(tiny_checkpoint),
+                                 "--name", "sft", "--metrics", str(tmp_path / "m.json"), "--table", str(tmp_path / "t.json")])
+    assert result.exit_code == 1 and "was trained with env.camera_fovy {} (MuJoCo views)" in result.output
+    assert not (tmp_path / "m.json").exists()
+
+
 def test_sft_then_evaluate(tmp_path, tiny_demos):
     params = write_params(tmp_path, sft={"steps": 4, "log_every": 2})
     ck = tmp_path / "ck"

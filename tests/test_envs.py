@@ -199,3 +199,35 @@ def test_test_split_shares_no_configuration_with_train_or_validation():
     assert {spec.configuration for specs in demo_episodes(params).values() for spec in specs} <= train
     for queue in training_queues(params, 2, seed=0):
         assert set(queue.configurations) == train
+
+
+def test_camera_fovy_zooms_about_the_image_centre():
+    """`env.camera_fovy` narrows a camera's view: the frame at 45 degrees must be the centre
+    crop of the 60-degree frame (MuJoCo's corner4), of relative size tan(22.5) / tan(30),
+    scaled back up; a field of view that is ignored or applied to the wrong camera fails."""
+    from PIL import Image
+
+    size = 128
+    frames = {}
+    for fovy in ({}, {"corner4": 45.0}):
+        env = EnvConfig(suite="custom", tasks=["reach-v3"], image_size=size, camera_fovy=fovy, vector="sync",
+                        num_envs=1)
+        sim = TaskSim("reach-v3", env)
+        sim.reset(0, 3)
+        frames[bool(fovy)] = sim.render()[0].astype(np.float64)
+        sim.close()
+    wide, narrow = frames[False], frames[True]
+    side = size * math.tan(math.radians(22.5)) / math.tan(math.radians(30.0))
+    lo = (size - side) / 2
+    crop = Image.fromarray(wide.astype(np.uint8)).resize((size, size), Image.BILINEAR, box=(lo, lo, lo + side, lo + side))
+    as_cropped = np.abs(np.asarray(crop, np.float64) - narrow).mean()
+    unzoomed = np.abs(wide - narrow).mean()
+    assert unzoomed > 10  # the view changed
+    assert as_cropped < 0.3 * unzoomed, (as_cropped, unzoomed)
+
+
+def test_camera_fovy_is_checked():
+    with pytest.raises(ValueError, match="not in env.cameras"):
+        EnvConfig(cameras=["corner4"], camera_fovy={"topview": 40.0})
+    with pytest.raises(ValueError, match="5..150 degrees"):
+        EnvConfig(cameras=["corner4"], camera_fovy={"corner4": 200.0})

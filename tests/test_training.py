@@ -204,6 +204,26 @@ def test_target_kl_stops_the_epoch_loop_early():
         assert out["first_ratio"] == pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("log_std_lr", [None, 1e-2])
+def test_log_std_moves_at_its_own_rate_only_when_given_one(log_std_lr):
+    """One Adam step moves a parameter by about its group's rate: the log-std by head_lr (1e-5,
+    effectively fixed) by default, by `ppo.log_std_lr` when set, while the head keeps head_lr."""
+    params = make_params(ppo={"epochs": 1, "minibatch_size": 8, "target_kl": None, "head_lr": 1e-5,
+                              "log_std_lr": log_std_lr}, bc={"weight_rule": "none"})
+    policy = make_policy(params)
+    trainer = trainer_for(policy, params)
+    lrs = {g["name"]: g["lr"] for g in trainer.optimizer.param_groups}
+    before = policy.action_log_std.detach().clone()
+    trainer.update(hand_batch(policy, [FULL] * 8, [1.0, -1.0] * 4, [0.0] * 8, [0.0] * 8, noise=1.5),
+                   value_only=False)
+    step = (policy.action_log_std.detach() - before).abs().max().item()
+    if log_std_lr is None:
+        assert "log_std" not in lrs and step == pytest.approx(1e-5, rel=0.05)
+    else:
+        assert lrs["log_std"] == log_std_lr and lrs["head"] == 1e-5
+        assert step == pytest.approx(log_std_lr, rel=0.05)
+
+
 def bc_loss_on_whole_buffer(trainer) -> float:
     windows = trainer.bc_windows()
     batch = batch_to_tensors(windows.batch(windows.sample_rows), "cpu")

@@ -54,6 +54,9 @@ class EnvConfig(Section):
     instruction_style: Literal["natural", "env_name"] = "natural"
     cameras: list[str] = Field(default_factory=lambda: ["corner4"], min_length=1)  # one image column each
     image_size: int = Field(84, ge=16, le=512)
+    # Vertical field of view per camera, degrees (absent: MuJoCo's; corner4 has 60). A narrower
+    # view spends the same pixels on the workspace: at 45 the goal marker covers ~2x the pixels.
+    camera_fovy: dict[str, float] = Field(default_factory=dict)
     max_episode_steps: int = Field(300, ge=1, le=500)  # MetaWorld refuses steps past 500
     reward: Literal["sparse", "dense"] = "sparse"
     step_cost: float = Field(0.0, ge=0.0)  # subtracted every step (sparse reward option)
@@ -92,6 +95,11 @@ class EnvConfig(Section):
             raise ValueError("'tasks' is only read when suite is 'custom'")
         for camera in self.cameras:
             check_camera_name(camera)
+        for camera, fovy in self.camera_fovy.items():
+            if camera not in self.cameras:
+                raise ValueError(f"camera_fovy names {camera!r}, which is not in env.cameras {self.cameras}")
+            if not 5.0 <= fovy <= 150.0:
+                raise ValueError(f"camera_fovy.{camera} = {fovy}: a field of view must lie in 5..150 degrees")
         # The three splits must not share a seed: a shared seed shares all 50 configurations.
         if self.validation_seed == self.test_seed:
             raise ValueError("env.validation_seed and env.test_seed must differ")
@@ -269,7 +277,9 @@ class PPOConfig(Section):
     epochs: int = Field(4, ge=1)
     minibatch_size: int = Field(64, ge=2)
     lr: float = Field(1e-5, gt=0.0)  # trunk (vision, text, fusion)
-    head_lr: float = Field(3e-5, gt=0.0)  # action head and log-std
+    head_lr: float = Field(3e-5, gt=0.0)  # action head (and the log-std when log_std_lr is null)
+    # The exploration spread's own rate: at head_lr it moves < 0.01 in a round, i.e. stays fixed.
+    log_std_lr: Optional[float] = Field(None, gt=0.0)
     value_lr: float = Field(1e-3, gt=0.0)
     gamma: float = Field(0.99, gt=0.0, le=1.0)  # per env step
     gae_lambda: float = Field(0.95, ge=0.0, le=1.0)  # per decision

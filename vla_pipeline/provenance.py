@@ -24,6 +24,9 @@ def software_versions() -> dict:
 def env_spec(env: EnvConfig) -> dict:
     """What a policy was trained to see; recorded in the checkpoint and checked at use."""
     versions = software_versions()
-    return {"cameras": list(env.cameras), "image_size": env.image_size, "render": env.render.model_dump(),
+    spec = {"cameras": list(env.cameras), "image_size": env.image_size, "render": env.render.model_dump(),
             "train_seeds": list(env.train_seeds), "validation_seed": env.validation_seed,
             "test_seed": env.test_seed, "metaworld": versions["metaworld"], "mujoco": versions["mujoco"]}
+    if env.camera_fovy:  # only when set, so checkpoints and demos of MuJoCo's views keep their bytes
+        spec["camera_fovy"] = dict(sorted(env.camera_fovy.items()))
+    return spec

@@ -8,7 +8,7 @@ One renderer (one GL context) serves every camera of the env.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import mujoco
 import numpy as np
@@ -35,11 +35,16 @@ def _gl_hint(exc: Exception) -> PipelineError:
 class FrameRenderer:
     """Renders one frame per camera, right way up: (V, size, size, 3) uint8."""
 
-    def __init__(self, model: mujoco.MjModel, cameras: Sequence[str], size: int, render: RenderConfig):
+    def __init__(self, model: mujoco.MjModel, cameras: Sequence[str], size: int, render: RenderConfig,
+                 fovy: Mapping[str, float] | None = None):
         for camera in cameras:
             check_camera_name(camera)
-            if mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera) < 0:
+            camera_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+            if camera_id < 0:
                 raise PipelineError(f"camera '{camera}' does not exist in this MetaWorld model")
+            if fovy and camera in fovy:
+                # A camera's field of view only affects rendering; this model is the env's own.
+                model.cam_fovy[camera_id] = float(fovy[camera])
         # Fixed when the GL context is created: must be set before mujoco.Renderer().
         model.vis.quality.offsamples = 4 if render.multisampling else 0
         try:

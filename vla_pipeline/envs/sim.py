@@ -54,7 +54,8 @@ class TaskSim:
         self.cfg = cfg
         self.env = env_cls()
         self.renderer = (
-            FrameRenderer(self.env.model, cfg.cameras, cfg.image_size, cfg.render) if render else None
+            FrameRenderer(self.env.model, cfg.cameras, cfg.image_size, cfg.render, cfg.camera_fovy)
+            if render else None
         )
         self.t = 0
         self.ever_succeeded = False

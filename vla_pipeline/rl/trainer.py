@@ -38,12 +38,15 @@ VALUE_MODULES = ("value_head",)
 
 
 def parameter_groups(policy: VLAPolicy, params: Params) -> list[dict]:
-    """Trunk / action head / critic get their own learning rates; a frozen trunk gets none."""
+    """Trunk / action head / critic (/ log-std, with `ppo.log_std_lr`) get their own learning
+    rates; a frozen trunk gets none."""
     cfg = params.ppo
-    groups = {"trunk": [], "head": [], "value": []}
+    groups = {"trunk": [], "head": [], "log_std": [], "value": []}
     for name, param in policy.named_parameters():
         top = name.split(".")[0]
-        if top in HEAD_MODULES or name == "action_log_std":
+        if name == "action_log_std" and cfg.log_std_lr is not None:
+            groups["log_std"].append(param)
+        elif top in HEAD_MODULES or name == "action_log_std":
             groups["head"].append(param)
         elif top in VALUE_MODULES:
             groups["value"].append(param)
@@ -52,7 +55,7 @@ def parameter_groups(policy: VLAPolicy, params: Params) -> list[dict]:
     if cfg.freeze_backbone:
         for param in groups.pop("trunk"):
             param.requires_grad_(False)
-    lrs = {"trunk": cfg.lr, "head": cfg.head_lr, "value": cfg.value_lr}
+    lrs = {"trunk": cfg.lr, "head": cfg.head_lr, "log_std": cfg.log_std_lr, "value": cfg.value_lr}
     return [{"params": [p for p in ps if p.requires_grad], "lr": lrs[g], "name": g}
             for g, ps in groups.items() if ps]
 
