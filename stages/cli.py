@@ -518,7 +518,7 @@ def seeds_cmd(
                       "final": read_json(folder / f"eval-{final}.json", f"{final} metrics"),
                       "paired": read_json(folder / f"paired-{final}.json", f"{final} vs SFT comparison")}
     try:
-        table = seed_table(runs, split)
+        table = seed_table(runs, split, final)
     except (KeyError, TypeError, ValueError) as err:
         raise PipelineError(f"seeds: {err}") from None
     if out is not None:

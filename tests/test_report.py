@@ -240,3 +240,31 @@ def test_benchmark_section_shows_medians_and_ratios_against_targets(world, tmp_p
     (metrics / "bench.json").write_text(json.dumps([1, 2]))
     with pytest.raises(PipelineError, match="bench.json: not benchmark results"):
         build_report(metrics, videos, params, tmp_path / "report")
+
+
+def test_a_seed_table_of_an_earlier_default_is_marked_not_of_this_run(world, tmp_path):
+    """The report keeps a seed table measured before the default changed, but says it no longer
+    describes the committed run: none of its seeds scores what eval-<final>.json scores now."""
+    metrics, videos, params = world
+    test = json.loads((metrics / "eval-corft.json").read_text())["test"]
+    committed, steps = test["success"], test["steps_to_success"]
+
+    def table(*finals, steps=steps):
+        rows = {f"s{i}": {"final_success": s, "success_gain": s - 0.5, "mcnemar_p": 0.5,
+                          "final_steps_to_success": steps} for i, s in enumerate(finals)}
+        return {"final": "corft", "split": "test", "seeds": rows, "mean_success_gain": 0.1,
+                "gain_positive_on_every_seed": True}
+
+    (metrics / "seeds-now.json").write_text(json.dumps(table(committed, committed - 0.25)))
+    (metrics / "seeds-old.json").write_text(json.dumps(table(committed - 0.25, committed - 0.5)))
+    (metrics / "seeds-unnamed.json").write_text(json.dumps({**table(0.1), "final": None}))
+    # the same success under another default (steps differ): not this run
+    (metrics / "seeds-tied.json").write_text(json.dumps(table(committed, steps=steps + 1.5)))
+    build_report(metrics, videos, params, tmp_path / "report")
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in summary.splitlines() if "seeds-" in line}
+    assert "| yes | seeds-now.json |" in rows["seeds-now"]
+    assert f"| no: an earlier default (corft now {committed:.3f}) | seeds-old.json |" in rows["seeds-old"]
+    assert "| - | seeds-unnamed.json |" in rows["seeds-unnamed"]
+    assert "| no: an earlier default" in rows["seeds-tied"]
+    assert "an earlier default (corft now" in (tmp_path / "report" / "report.html").read_text()

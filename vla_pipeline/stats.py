@@ -108,12 +108,13 @@ def paired_comparison(base: Sequence[dict], new: Sequence[dict]) -> dict:
     return out
 
 
-def seed_table(runs: dict[str, dict], split: str = "test") -> dict:
+def seed_table(runs: dict[str, dict], split: str = "test", final: str | None = None) -> dict:
     """One row per seed of the whole chain: SFT vs the final round on `split`, paired.
 
     `runs[name]` holds that run's metrics files as loaded JSON: `sft` and `final` (evaluate
     metrics) and `paired` (the final round vs SFT from `compare`). A gain is called real
-    only when it is positive on every seed.
+    only when it is positive on every seed. `final` names the final round, so that the report
+    can tell whether the table still describes the committed run.
     """
     rows = {}
     for name, run in runs.items():
@@ -130,8 +131,9 @@ def seed_table(runs: dict[str, dict], split: str = "test") -> dict:
             "steps_diff_both_solved": paired[split]["steps_diff_both_solved"],
         }
     gains = [r["success_gain"] for r in rows.values()]
-    return {"split": split, "seeds": rows, "mean_success_gain": float(np.mean(gains)) if gains else None,
-            "gain_positive_on_every_seed": bool(gains) and all(g > 0 for g in gains)}
+    table = {"split": split, "seeds": rows, "mean_success_gain": float(np.mean(gains)) if gains else None,
+             "gain_positive_on_every_seed": bool(gains) and all(g > 0 for g in gains)}
+    return {"final": final, **table} if final else table
 
 
 # CO-RFT's abstract (seeds.md section 4.8): real robot, RoboVLMs base model, supervised baseline.

@@ -175,22 +175,50 @@ def _split_tables(chains: dict) -> list[tuple[str, dict]]:
     return out
 
 
+def _committed_result(metrics_dir: Path, final: str | None, split) -> dict | None:
+    """The committed run's metrics of `final` on `split`, or None where it has no such metrics."""
+    path = metrics_dir / f"eval-{final}.json"
+    if not final or not path.exists():
+        return None
+    section = read_json(path, f"{final} metrics").get(split)
+    return section if isinstance(section, dict) and "success" in section else None
+
+
+def _same_result(row: dict, committed: dict) -> bool:
+    """A seed row is the committed run when success and steps to success both match: success
+    alone takes few values on 300 episodes and can coincide across defaults."""
+    def close(a, b):
+        return a is None and b is None or (a is not None and b is not None and abs(a - b) < 1e-9)
+    return close(row["success"], committed["success"]) and close(row["steps"], committed.get("steps_to_success"))
+
+
 def seed_tables(metrics_dir: Path) -> list[dict]:
-    """Every committed seeds-*.json, flattened to rows (file, chain, seed, success, gain, p)."""
+    """Every committed seeds-*.json, flattened to rows (file, chain, seed, success, gain, p).
+
+    `current` says whether the table still describes the committed run: one of its seeds must
+    score what `eval-<final>.json` scores now (success and steps to success). A table measured before a default changed is
+    kept (it is evidence) but marked, so the page never passes it off as this run's seeds.
+    """
     tables = []
     for path in sorted(metrics_dir.glob("seeds-*.json")):
         data = read_json(path, "seed table")
         if not isinstance(data, dict):
             raise PipelineError(f"{path}: not a seed table (expected the JSON object `python -m stages seeds` writes)")
-        chains = data.get("chains") if isinstance(data.get("chains"), dict) else {path.stem: data}
+        by_final = isinstance(data.get("chains"), dict)  # seeds-ire.json: {final round: table}
+        chains = data["chains"] if by_final else {path.stem: data}
         for chain, table in _split_tables(chains):
             rows = [{"seed": s, "success": _number(row.get("final_success"), path), "gain":
                      _number(row.get("success_gain"), path), "p": _number(row.get("mcnemar_p"), path),
                      "steps": _number(row.get("final_steps_to_success"), path)}
                     for s, row in table["seeds"].items() if isinstance(row, dict)]
-            tables.append({"file": path.name, "chain": chain, "split": table.get("split", data.get("split")),
+            split = table.get("split", data.get("split"))
+            final = table.get("final", data.get("final", chain if by_final else None))
+            now = _committed_result(metrics_dir, final, split)
+            tables.append({"file": path.name, "chain": chain, "split": split,
                            "rows": rows, "mean_gain": _number(table.get("mean_success_gain"), path),
-                           "positive_on_every_seed": table.get("gain_positive_on_every_seed")})
+                           "positive_on_every_seed": table.get("gain_positive_on_every_seed"),
+                           "final": final, "committed_success": now and now["success"],
+                           "current": None if now is None else any(_same_result(r, now) for r in rows)})
     return tables
 
 

@@ -53,6 +53,15 @@ def join_values(rows: list[dict], key: str, spec: str) -> str:
     return " / ".join(fmt(r[key], spec) for r in rows)
 
 
+def seed_table_status(table: dict) -> str:
+    """Whether a seed table describes the committed run (one seed scores what eval-<final> does)."""
+    if table["current"] is None:
+        return "-"
+    if table["current"]:
+        return "yes"
+    return f"no: an earlier default ({table['final']} now {table['committed_success']:.3f})"
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
@@ -94,11 +103,11 @@ def markdown(page: dict) -> str:
     if page["seeds"]:
         out += ["", "## Seeds (a gain is real only when positive on every seed)", ""]
         out.append(_md_table(["chain", "split", "success per seed", "gain per seed", "p per seed", "mean gain",
-                              "positive on every seed", "file"],
+                              "positive on every seed", "of this run", "file"],
                              [[t["chain"], str(t["split"]), join_values(t["rows"], "success", ".3f"),
                                join_values(t["rows"], "gain", "+.3f"), join_values(t["rows"], "p", ".2g"),
                                fmt(t["mean_gain"], "+.3f"), {True: "yes", False: "no"}.get(t["positive_on_every_seed"], "-"),
-                               t["file"]]
+                               seed_table_status(t), t["file"]]
                               for t in page["seeds"]]))
     for bench in page["bench"]:
         out += ["", f"## Benchmark (`{bench['command']}`, {bench['file']})", ""]
@@ -173,14 +182,16 @@ only the base solved, exact McNemar p, steps difference on episodes both solved.
 {% if seeds %}<h2>Seeds</h2>
 <p class="note">Each committed seeds-*.json: the chain rerun with other seeds, its final policy against its base (SFT,
 or SFT on the small set for CO-RFT) paired on the same episodes. A gain is called real only when it is positive on
-every seed.</p>
+every seed. "Of this run": whether one seed scores what the committed final policy scores now (a table measured
+under an earlier default is kept as evidence, marked "no").</p>
 <table><tr><th class="l">chain</th><th class="l">split</th><th class="l">success per seed</th>
 <th class="l">gain per seed</th><th class="l">p per seed</th><th>mean gain</th><th>positive on every seed</th>
-<th class="l">file</th></tr>
+<th class="l">of this run</th><th class="l">file</th></tr>
 {% for t in seeds %}<tr><td class="l">{{ t.chain }}</td><td class="l">{{ t.split }}</td>
 <td class="l">{{ t.rows|join_values("success", ".3f") }}</td><td class="l">{{ t.rows|join_values("gain", "+.3f") }}</td>
 <td class="l">{{ t.rows|join_values("p", ".2g") }}</td><td>{{ t.mean_gain|num("+.3f") }}</td>
-<td><b>{{ {True: "yes", False: "no"}.get(t.positive_on_every_seed, "-") }}</b></td><td class="l">{{ t.file }}</td></tr>{% endfor %}
+<td><b>{{ {True: "yes", False: "no"}.get(t.positive_on_every_seed, "-") }}</b></td>
+<td class="l">{{ t|seed_table_status }}</td><td class="l">{{ t.file }}</td></tr>{% endfor %}
 </table>{% endif %}
 
 {% if plots %}<h2>Curves</h2>
@@ -238,7 +249,8 @@ def _preview_rows(items) -> list[dict]:
 def html(page: dict) -> str:
     env = Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(num=lambda v, spec=".3f": fmt(v, spec), heat=_heat, success=success_cell,
-                       groupby_family=_groupby_family, join_values=join_values)
+                       groupby_family=_groupby_family, join_values=join_values,
+                       seed_table_status=seed_table_status)
     tasks, task_rows = page["tasks"]
     previews = [(method, _preview_rows(items)) for method, items in page["previews"]]
     plots = [(title, data_uri(png, "image/png")) for title, png in page["plots"]]
