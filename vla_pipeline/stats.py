@@ -118,14 +118,14 @@ def seed_table(runs: dict[str, dict], split: str = "test", final: str | None = N
     """
     rows = {}
     for name, run in runs.items():
-        sft, final, paired = run["sft"], run["final"], run["paired"]
-        if split not in sft or split not in final or split not in paired:
+        sft, last, paired = run["sft"], run["final"], run["paired"]
+        if split not in sft or split not in last or split not in paired:
             raise ValueError(f"run {name!r} has no {split} split in its SFT, final or paired metrics")
         rows[name] = {
             "sft_success": sft[split]["success"], "sft_steps_to_success": sft[split]["steps_to_success"],
-            "final_success": final[split]["success"], "final_success_ci95": final[split]["success_ci95"],
-            "final_steps_to_success": final[split]["steps_to_success"],
-            "success_gain": final[split]["success"] - sft[split]["success"],
+            "final_success": last[split]["success"], "final_success_ci95": last[split]["success_ci95"],
+            "final_steps_to_success": last[split]["steps_to_success"],
+            "success_gain": last[split]["success"] - sft[split]["success"],
             "only_final": paired[split]["only_new"], "only_sft": paired[split]["only_base"],
             "mcnemar_p": paired[split]["mcnemar_p"],
             "steps_diff_both_solved": paired[split]["steps_diff_both_solved"],
