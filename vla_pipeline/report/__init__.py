@@ -114,7 +114,7 @@ def build_page(metrics_dir: Path, videos_dir: Path, params) -> tuple[dict, list[
         "tasks": collect.task_rows(results, "test"),
         "groups": collect.group_rows(results),
         "papers": [{**p, "ours": ours.get(p["method"], "not run")} for p in collect.PAPERS],
-        "seeds": collect.seed_tables(metrics_dir),
+        "seeds": collect.seed_tables(metrics_dir, {r.name: r.metrics for r in results}),
         "bench": bench_sections(metrics_dir),
         "plots": _plots(metrics_dir, results),
         "previews": [(r.name, items) for r in results if (items := figures.previews(videos_dir, r.name))],

@@ -175,12 +175,9 @@ def _split_tables(chains: dict) -> list[tuple[str, dict]]:
     return out
 
 
-def _committed_result(metrics_dir: Path, final: str | None, split) -> dict | None:
+def _committed_result(evaluations: dict[str, dict], final: str | None, split) -> dict | None:
     """The committed run's metrics of `final` on `split`, or None where it has no such metrics."""
-    path = metrics_dir / f"eval-{final}.json"
-    if not final or not path.exists():
-        return None
-    section = read_json(path, f"{final} metrics").get(split)
+    section = evaluations.get(final, {}).get(split)
     return section if isinstance(section, dict) and "success" in section else None
 
 
@@ -192,11 +189,12 @@ def _same_result(row: dict, committed: dict) -> bool:
     return close(row["success"], committed["success"]) and close(row["steps"], committed.get("steps_to_success"))
 
 
-def seed_tables(metrics_dir: Path) -> list[dict]:
+def seed_tables(metrics_dir: Path, evaluations: dict[str, dict]) -> list[dict]:
     """Every committed seeds-*.json, flattened to rows (file, chain, seed, success, gain, p).
 
     `current` says whether the table still describes the committed run: one of its seeds must
-    score what `eval-<final>.json` scores now (success and steps to success). A table measured before a default changed is
+    score what `eval-<final>.json` scores now (success and steps to success), looked up in
+    `evaluations` (name -> the eval metrics the report already loaded). A table measured before a default changed is
     kept (it is evidence) but marked, so the page never passes it off as this run's seeds.
     """
     tables = []
@@ -213,7 +211,7 @@ def seed_tables(metrics_dir: Path) -> list[dict]:
                     for s, row in table["seeds"].items() if isinstance(row, dict)]
             split = table.get("split", data.get("split"))
             final = table.get("final", data.get("final", chain if by_final else None))
-            now = _committed_result(metrics_dir, final, split)
+            now = _committed_result(evaluations, final, split)
             tables.append({"file": path.name, "chain": chain, "split": split,
                            "rows": rows, "mean_gain": _number(table.get("mean_success_gain"), path),
                            "positive_on_every_seed": table.get("gain_positive_on_every_seed"),
