@@ -111,6 +111,8 @@ def sft_cmd(
     demos: Path = typer.Option(Path("data/buffers/demos"), help="Demo snapshot to clone."),
     out: Path = typer.Option(Path("data/checkpoints/sft"), help="Checkpoint directory to write."),
     curve: Path = typer.Option(Path("data/metrics/train-sft.json"), help="Loss curve (JSON records)."),
+    recipe: str = typer.Option("sft", help="Params section of the training settings: sft, or sft_offline "
+                                           "(CO-RFT's small demo set: sft with the keys it names replaced)."),
     params_file: Path = PARAMS,
 ):
     """Supervised warm start of the VLA on the demo snapshot."""
@@ -126,6 +128,7 @@ def sft_cmd(
     from vla_pipeline.sft import train_sft, validation_rollouts
 
     params = load_params(params_file)
+    params = params.model_copy(update={"sft": params.sft_recipe(recipe)})  # the stages below read params.sft
     preflight.check_devices(params, ("sft.device",))
     distributed.init_from_env(params.sft.device)  # under torchrun: data-parallel ranks (README)
     torch.set_num_threads(distributed.threads_per_rank(params.sft.num_threads))

@@ -87,6 +87,21 @@ def test_another_field_of_view_is_refused_for_demos_and_checkpoints(tmp_path, ti
     assert not (tmp_path / "m.json").exists()
 
 
+def test_sft_trains_with_the_recipe_it_is_given(tmp_path, tiny_demos):
+    """`--recipe sft_offline` trains with `sft` plus the keys `sft_offline` replaces (CO-RFT's step 1)."""
+    params = write_params(tmp_path, sft={"steps": 4, "log_every": 2}, sft_offline={"steps": 2})
+    for recipe, steps in (("sft", [2, 4]), ("sft_offline", [2])):
+        curve = tmp_path / f"{recipe}.json"
+        result = runner.invoke(app, ["sft", "--params", str(params), "--demos", str(tiny_demos), "--out",
+                                     str(tmp_path / recipe), "--curve", str(curve), "--recipe", recipe])
+        assert result.exit_code == 0, result.output
+        assert [r["step"] for r in json.loads(curve.read_text())] == steps
+    result = runner.invoke(app, ["sft", "--params", str(params), "--demos", str(tiny_demos), "--out",
+                                 str(tmp_path / "bad"), "--curve", str(tmp_path / "bad.json"), "--recipe", "sft-offline"])
+    assert result.exit_code == 1 and "unknown SFT recipe 'sft-offline'" in result.output
+    assert not (tmp_path / "bad").exists()
+
+
 def test_sft_then_evaluate(tmp_path, tiny_demos):
     params = write_params(tmp_path, sft={"steps": 4, "log_every": 2})
     ck = tmp_path / "ck"

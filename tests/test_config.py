@@ -83,3 +83,20 @@ def test_every_dvc_stage_declares_known_sections():
             section = entry.split(".")[0] if isinstance(entry, str) else None
             if section is not None:
                 assert section in SECTIONS, f"{name} declares unknown params section {section}"
+
+
+def test_the_offline_sft_recipe_replaces_only_the_keys_it_names():
+    params = parse_params(tiny_raw(sft={"augment_shift": 0, "steps": 7}, sft_offline={"augment_shift": 4}))
+    offline = params.sft_recipe("sft_offline")
+    assert (offline.augment_shift, offline.steps) == (4, 7)  # steps comes from `sft`
+    assert params.sft_recipe("sft") is params.sft and params.sft.augment_shift == 0
+    assert parse_params(tiny_raw()).sft_recipe("sft_offline") == parse_params(tiny_raw()).sft  # {}: sft unchanged
+    with pytest.raises(PipelineError, match="unknown SFT recipe 'offline'"):
+        params.sft_recipe("offline")
+
+
+def test_the_offline_sft_recipe_is_checked_at_load():
+    assert "sft_offline: unknown sft keys ['augment_shfit']" in error_of(tiny_raw(sft_offline={"augment_shfit": 4}))
+    assert "sft_offline.augment_shift: Input should be greater than or equal to 0 (got -1)" in \
+        error_of(tiny_raw(sft_offline={"augment_shift": -1}))
+    assert "sft_offline.steps" in error_of(tiny_raw(sft_offline={"steps": 0}))

@@ -268,3 +268,19 @@ def test_a_seed_table_of_an_earlier_default_is_marked_not_of_this_run(world, tmp
     assert "| - | seeds-unnamed.json |" in rows["seeds-unnamed"]
     assert "| no: an earlier default" in rows["seeds-tied"]
     assert "an earlier default (corft now" in (tmp_path / "report" / "report.html").read_text()
+
+
+def test_the_papers_row_names_the_chains_last_round_on_test(world):
+    """ACPPO evaluates r02 (the iRe-VLA baseline at its env-step budget) and r04 on test: the
+    papers table compares the chain's last one, whatever order the evaluations sort in."""
+    from vla_pipeline.report.collect import load_results, ours_beside_papers
+
+    metrics, _, _ = world
+    write_evaluation(metrics, "r02", {"test": [True, True, True, False], "validation": [True, True]})
+    write_evaluation(metrics, "r04", {"test": [True] * 4, "validation": [True, True]})
+    params = parse_params(tiny_raw(rounds={"r01": {"policy_in": "sft", "buffer_in": "demos"},
+                                           "r02": {"policy_in": "r01", "buffer_in": "r01", "test": True},
+                                           "r03": {"policy_in": "r02", "buffer_in": "r02"},
+                                           "r04": {"policy_in": "r03", "buffer_in": "r03", "test": True}}))
+    ours = ours_beside_papers(load_results(metrics, params))["ACPPO"]
+    assert ours.startswith("0.500 -> 1.000;") and "(r04, test)" in ours, ours

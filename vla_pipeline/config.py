@@ -470,6 +470,7 @@ SECTIONS: dict[str, type[Section]] = {
     "offline_demos": DemosConfig,  # CO-RFT's small demo set
     "offline": OfflineConfig,
     "offline_runs": OfflineRunConfig,  # a mapping of run name -> OfflineRunConfig
+    "sft_offline": SFTConfig,  # keys of `sft` replaced for CO-RFT's imitation step
 }
 
 ROUND_NAME = r"^[a-z0-9][a-z0-9_-]*$"
@@ -493,6 +494,9 @@ class Params(BaseModel):
     offline_demos: DemosConfig = DemosConfig(episodes_per_task=50, frame_every=1, seed=1)
     offline: OfflineConfig = OfflineConfig()
     offline_runs: dict[str, OfflineRunConfig] = Field(default_factory=dict)
+    # CO-RFT's imitation step: keys of `sft` it sets otherwise (a small demo set wants other
+    # regularisation than the main one); {} = the `sft` recipe unchanged.
+    sft_offline: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _rounds_chain(self) -> "Params":
@@ -518,13 +522,23 @@ class Params(BaseModel):
                 current = self.rounds[current].policy_in
         self._ire_chain()
         self._offline_runs()
+        _with_overrides(self.sft, self.sft_offline, "sft_offline", "sft")
         return self
 
     def offline_run(self, name: str) -> OfflineConfig:
         """The `offline` settings of run `name` (its `set` applied)."""
         if name not in self.offline_runs:
             raise PipelineError(f"unknown CO-RFT run {name!r}; params.yaml offline_runs has {sorted(self.offline_runs)}")
-        return OfflineConfig.model_validate({**self.offline.model_dump(), **self.offline_runs[name].set})
+        return _with_overrides(self.offline, self.offline_runs[name].set, f"offline_runs.{name}.set", "offline")
+
+    def sft_recipe(self, name: str = "sft") -> SFTConfig:
+        """The SFT settings of recipe `name`: `sft`, or `sft_offline` (CO-RFT's imitation step on
+        its small demo set: `sft` with the keys `sft_offline` names replaced)."""
+        if name == "sft":
+            return self.sft
+        if name == "sft_offline":
+            return _with_overrides(self.sft, self.sft_offline, "sft_offline", "sft")
+        raise PipelineError(f"unknown SFT recipe {name!r}; expected 'sft' or 'sft_offline'")
 
     def _offline_runs(self) -> None:
         import re
@@ -537,15 +551,7 @@ class Params(BaseModel):
                     or name in self.rounds or name in self.ire_rounds:
                 raise ValueError(f"offline_runs: bad run name {name!r} (lowercase letters, digits, - and _; "
                                  "not sft/demos/expert nor a round's name)")
-            unknown = sorted(set(item.set) - set(OfflineConfig.model_fields))
-            if unknown:
-                raise ValueError(f"offline_runs.{name}.set: unknown offline keys {unknown}")
-            try:
-                merged = OfflineConfig.model_validate({**self.offline.model_dump(), **item.set})
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                key = ".".join(str(p) for p in first["loc"])
-                raise ValueError(f"offline_runs.{name}.set.{key}: {first['msg']} (got {first.get('input')!r})") from None
+            merged = _with_overrides(self.offline, item.set, f"offline_runs.{name}.set", "offline")
             if merged.td_chunk > self.policy.chunk_len:
                 raise ValueError(f"offline_runs.{name}.set.td_chunk ({merged.td_chunk}) is longer than the "
                                  f"policy's chunk (policy.chunk_len {self.policy.chunk_len})")
@@ -572,6 +578,20 @@ class Params(BaseModel):
         unknown = [b for b in self.ire.baselines if b != "sft" and b not in self.rounds]
         if unknown:
             raise ValueError(f"ire.baselines: {unknown} are neither sft nor ACPPO rounds")
+
+
+def _with_overrides(base: Section, overrides: dict[str, Any], where: str, kind: str) -> Section:
+    """`base` with the keys of `overrides` replaced, validated as a whole; errors name `where`.<key>."""
+    model = type(base)
+    unknown = sorted(set(overrides) - set(model.model_fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown {kind} keys {unknown}")
+    try:
+        return model.model_validate({**base.model_dump(), **overrides})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise ValueError(f"{where}.{key}: {first['msg']} (got {first.get('input')!r})") from None
 
 
 def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:

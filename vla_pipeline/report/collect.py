@@ -237,7 +237,7 @@ def ours_beside_papers(results: list[MethodResult]) -> dict[str, str]:
     finals = {}
     for r in results:
         if r.method.final and r.method.chain and r.split("test"):
-            finals.setdefault(r.method.chain, r)  # first final round of the chain (the default has one)
+            finals[r.method.chain] = r  # the chain's last round evaluated on test (ACPPO also tests r02)
     out = {}
     sft = by_name.get("sft")
     acppo = finals.get("ACPPO")
