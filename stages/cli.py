@@ -208,7 +208,7 @@ def evaluate_expert_cmd(
     splits: str = typer.Option(None, help="Comma-separated splits to run (default: all three)."),
     params_file: Path = PARAMS,
 ):
-    """The scripted expert on the same fixed episode list: the ceiling row."""
+    """The scripted expert that made the demos (`demos.expert`) on the same fixed episode list: the ceiling row."""
     preflight.check_rendering()  # before anything imports mujoco
     from vla_pipeline.config import load_params
     from vla_pipeline.envs.tasks import SPLITS, resolve_tasks
@@ -216,9 +216,12 @@ def evaluate_expert_cmd(
     from vla_pipeline.io import write_json_atomic
 
     params = load_params(params_file)
-    results, counters = evaluate_expert(params.env, params.evaluate, _splits(splits, SPLITS) if splits else SPLITS)
+    results, counters = evaluate_expert(params.env, params.evaluate, _splits(splits, SPLITS) if splits else SPLITS,
+                                        params.demos.expert)
     metrics_obj = build_metrics(results, resolve_tasks(params.env), params.env.max_episode_steps,
                                 _header("expert", params))
+    if params.demos.expert != "metaworld":  # recorded only when set: MetaWorld's ceiling keeps its bytes
+        metrics_obj["protocol"]["expert"] = params.demos.expert
     write_json_atomic(table, task_table(metrics_obj, "expert"))
     if episodes is not None:
         write_json_atomic(episodes, episode_records(results))

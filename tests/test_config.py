@@ -44,6 +44,11 @@ def test_negative_episodes_are_refused():
     assert "demos.episodes_per_task" in error_of(tiny_raw(demos={"episodes_per_task": -3}))
 
 
+def test_unknown_demonstrator_is_refused():
+    msg = error_of(tiny_raw(demos={"expert": "fast"}))
+    assert "demos.expert" in msg and "'metaworld' or 'direct'" in msg
+
+
 def test_wrong_type_is_refused():
     assert "sft.steps" in error_of(tiny_raw(sft={"steps": "many"}))
 

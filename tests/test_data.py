@@ -198,3 +198,12 @@ def test_missing_manifest_is_refused(tmp_path):
     (snap / C.MANIFEST_FILE).unlink()
     with pytest.raises(PipelineError, match="snapshot manifest not found"):
         load_snapshot(snap)
+
+
+def test_demo_provenance_names_the_expert_only_when_it_is_not_metaworlds():
+    """Snapshots of MetaWorld's scripts keep the bytes they had before `demos.expert` existed."""
+    from vla_pipeline.config import DemosConfig
+    from vla_pipeline.demos import demo_settings
+
+    assert "expert" not in demo_settings(DemosConfig())
+    assert demo_settings(DemosConfig(expert="direct"))["expert"] == "direct"

@@ -231,3 +231,42 @@ def test_camera_fovy_is_checked():
         EnvConfig(cameras=["corner4"], camera_fovy={"topview": 40.0})
     with pytest.raises(ValueError, match="5..150 degrees"):
         EnvConfig(cameras=["corner4"], camera_fovy={"corner4": 200.0})
+
+
+MT10_TASKS = ("reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
+              "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3")
+
+
+def expert_episode_steps(task: str, kind: str, variations=(0, 1, 2)) -> list[int]:
+    """Steps to success of the `kind` expert on validation placements (0: unsolved), no noise."""
+    env = EnvConfig(suite="custom", tasks=[task], image_size=64, max_episode_steps=200, vector="sync", num_envs=1)
+    sim, steps = TaskSim(task, env, render=False), []
+    try:
+        for variation in variations:
+            expert, state = make_expert(task, kind), sim.reset(env.validation_seed, variation)
+            while True:
+                out = sim.step(np.clip(expert.get_action(state), -1, 1).astype(np.float32))
+                state = out.state
+                if out.success or out.truncated:
+                    steps.append(sim.t if out.success else 0)
+                    break
+    finally:
+        sim.close()
+    return steps
+
+
+@pytest.mark.parametrize("task", MT10_TASKS)
+def test_direct_expert_solves_each_task_in_fewer_steps_than_metaworlds(task):
+    """`demos.expert: direct` must keep every MT10 task solved and cut the steps where it has a
+    plan; door-open has none and must equal MetaWorld's script step for step."""
+    metaworld, direct = expert_episode_steps(task, "metaworld"), expert_episode_steps(task, "direct")
+    assert all(direct), f"direct expert failed {task}: {direct}"
+    if task == "door-open-v3":
+        assert direct == metaworld
+    else:
+        assert sum(direct) < 0.95 * sum(metaworld), (task, direct, metaworld)
+
+
+def test_unknown_expert_is_refused():
+    with pytest.raises(ValueError, match="unknown expert 'fast'"):
+        make_expert("reach-v3", "fast")

@@ -117,6 +117,8 @@ class DemosConfig(Section):
     frame_every: int = Field(1, ge=1)  # render a frame every N steps (each frame is one SFT sample)
     action_noise: float = Field(0.1, ge=0.0, le=1.0)  # Gaussian std, clipped to [-1, 1]
     seed: int = Field(0, ge=0)
+    # metaworld: MetaWorld's scripts | direct: the same with shorter approach paths (envs/experts.py)
+    expert: Literal["metaworld", "direct"] = "metaworld"
     only_successes: bool = True  # keep only episodes the expert solved
     rows_per_row_group: int = Field(2048, ge=1)
 

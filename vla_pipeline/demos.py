@@ -40,8 +40,17 @@ def demo_episodes(params: Params, section: str = "demos") -> dict[str, list[Epis
     return plan
 
 
+def demo_settings(demos) -> dict:
+    """The demo section as recorded in the snapshot's provenance. `expert` only when not
+    MetaWorld's own scripts, so snapshots made before the key existed keep their bytes."""
+    settings = demos.model_dump()
+    if settings["expert"] == "metaworld":
+        del settings["expert"]
+    return settings
+
+
 def collect_task(env_cfg: dict, task: str, specs: list[EpisodeSpec], noise: float, instruction: str,
-                 frame_every: int) -> tuple:
+                 frame_every: int, expert: str = "metaworld") -> tuple:
     """Run in a worker process: expert episodes with PNG-encoded frames every `frame_every` steps."""
     from vla_pipeline.config import EnvConfig
 
@@ -49,7 +58,8 @@ def collect_task(env_cfg: dict, task: str, specs: list[EpisodeSpec], noise: floa
     started = time.perf_counter()
     sim = TaskSim(task, cfg)
     try:
-        episodes = [run_expert_episode(sim, spec, noise, frame_every, instruction, EXPERT_SOURCE) for spec in specs]
+        episodes = [run_expert_episode(sim, spec, noise, frame_every, instruction, EXPERT_SOURCE, expert)
+                    for spec in specs]
         renders = sim.renderer.frames_rendered
     finally:
         sim.close()
@@ -90,7 +100,7 @@ def collect_demos(params: Params, out_dir: Path, section: str = "demos") -> dict
         instruction = instruction_for(task, params.env.instruction_style)
         for start in range(0, len(specs), 25):
             jobs.append((env_dict, task, specs[start:start + 25], demos.action_noise, instruction,
-                         demos.frame_every))
+                         demos.frame_every, demos.expert))
     started = time.perf_counter()
     workers = params.env.num_envs if params.env.vector != "sync" else 1
     bar = tqdm(total=sum(len(job[2]) for job in jobs), desc="collect_demos", unit="ep", mininterval=1.0)
@@ -122,7 +132,7 @@ def collect_demos(params: Params, out_dir: Path, section: str = "demos") -> dict
         if not kept[task]:
             raise PipelineError(f"collect_demos: the expert solved no episode of {task}; nothing to keep")
     size = params.env.image_size
-    provenance = {"source": EXPERT_SOURCE, "env": env_spec(params.env), "demos": demos.model_dump(),
+    provenance = {"source": EXPERT_SOURCE, "env": env_spec(params.env), "demos": demo_settings(demos),
                   "versions": software_versions()}
     manifest = write_snapshot(out_dir, kept, params.env.cameras, (size, size, 3), provenance,
                               demos.rows_per_row_group)

@@ -256,9 +256,10 @@ def evaluate_policy(policy, env_cfg: EnvConfig, eval_cfg: EvaluateConfig, splits
         envs.close()
 
 
-def evaluate_expert(env_cfg: EnvConfig, eval_cfg: EvaluateConfig,
-                    splits: Sequence[str] = SPLITS) -> tuple[list[EpisodeResult], dict]:
-    """The scripted expert (no noise, no rendering) on the same fixed list: the ceiling row."""
+def evaluate_expert(env_cfg: EnvConfig, eval_cfg: EvaluateConfig, splits: Sequence[str] = SPLITS,
+                    expert: str = "metaworld") -> tuple[list[EpisodeResult], dict]:
+    """The scripted expert (no noise, no rendering) on the same fixed list: the ceiling row.
+    `expert`: the demonstrator the demos came from (`demos.expert`)."""
     started = time.perf_counter()
     episodes = evaluation_episodes(env_cfg, eval_cfg, splits)
     results, sims = [], {}
@@ -266,7 +267,7 @@ def evaluate_expert(env_cfg: EnvConfig, eval_cfg: EvaluateConfig,
         for spec in tqdm(episodes, desc="expert", unit="ep", mininterval=2.0):
             if spec.task not in sims:
                 sims[spec.task] = TaskSim(spec.task, env_cfg, render=False)
-            ep = run_expert_episode(sims[spec.task], spec, action_noise=0.0, frame_every=None)
+            ep = run_expert_episode(sims[spec.task], spec, action_noise=0.0, frame_every=None, expert=expert)
             s = ep.steps_to_success
             results.append(EpisodeResult(spec.task, spec.variation_seed, spec.variation, spec.split, spec.seed,
                                          s > 0, s, ep.length))
