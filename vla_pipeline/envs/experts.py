@@ -36,27 +36,29 @@ def _reach(o: dict):
     return o["goal_pos"], REACH_GAIN, 0.0  # MetaWorld: gain 5, which slows down from 20 cm before the goal
 
 
-def _puck_plan(lift_gain: float, hover: float, grasp: bool) -> Plan:
-    """push / pick-place: over the puck at `hover` (MetaWorld: 0.2 / 0.1 m), down, then to the goal."""
-    def plan(o: dict):
-        hand, puck, goal = o["hand_pos"], o["puck_pos"] + np.array([-0.005, 0.0, 0.0]), o["goal_pos"]
-        if grasp:
-            effort = 1.0 if np.linalg.norm(hand - o["puck_pos"]) < 0.07 else 0.0
-            if np.linalg.norm(hand[:2] - puck[:2]) > 0.02:
-                return _above(puck, hover), 25.0, effort
-            if abs(hand[2] - puck[2]) > 0.05 and puck[-1] < 0.04:
-                return _above(puck, 0.03), 10.0, effort
-            if o["gripper_distance_apart"] > 0.73:
-                return hand, 10.0, effort  # wait for the fingers to close
-            return goal, lift_gain, effort
-        near = np.linalg.norm(hand[:2] - o["puck_pos"][:2]) <= 0.02 and abs(hand[2] - o["puck_pos"][2]) <= 0.10
-        effort = 0.6 if near else 0.0
-        if np.linalg.norm(hand[:2] - puck[:2]) > 0.02:
-            return _above(puck, hover), 25.0, effort
-        if abs(hand[2] - puck[2]) > 0.04:
-            return _above(puck, 0.03), 10.0, effort
-        return goal, lift_gain, effort
-    return plan
+def _push(o: dict):
+    """MetaWorld's push with the approach at gain 25 (10): over the puck, down, then to the goal."""
+    hand, puck = o["hand_pos"], o["puck_pos"] + np.array([-0.005, 0.0, 0.0])
+    near = np.linalg.norm(hand[:2] - o["puck_pos"][:2]) <= 0.02 and abs(hand[2] - o["puck_pos"][2]) <= 0.10
+    effort = 0.6 if near else 0.0
+    if np.linalg.norm(hand[:2] - puck[:2]) > 0.02:
+        return _above(puck, 0.2), 25.0, effort
+    if abs(hand[2] - puck[2]) > 0.04:
+        return _above(puck, 0.03), 10.0, effort
+    return o["goal_pos"], 10.0, effort
+
+
+def _pick_place(o: dict):
+    """Over the puck at 6 cm (MetaWorld: 10) and gain 25 (10), down, grasp, carry at gain 25 (10)."""
+    hand, puck = o["hand_pos"], o["puck_pos"] + np.array([-0.005, 0.0, 0.0])
+    effort = 1.0 if np.linalg.norm(hand - o["puck_pos"]) < 0.07 else 0.0
+    if np.linalg.norm(hand[:2] - puck[:2]) > 0.02:
+        return _above(puck, 0.06), 25.0, effort
+    if abs(hand[2] - puck[2]) > 0.05 and puck[-1] < 0.04:
+        return _above(puck, 0.03), 10.0, effort
+    if o["gripper_distance_apart"] > 0.73:
+        return hand, 10.0, effort  # wait for the fingers to close
+    return o["goal_pos"], 25.0, effort
 
 
 def _window(push_x: float, side: float) -> Plan:
@@ -111,8 +113,8 @@ def _peg_insert_side(o: dict):
 
 DIRECT_PLANS: dict[str, Plan] = {
     "reach-v3": _reach,
-    "push-v3": _puck_plan(lift_gain=10.0, hover=0.2, grasp=False),
-    "pick-place-v3": _puck_plan(lift_gain=25.0, hover=0.06, grasp=True),
+    "push-v3": _push,
+    "pick-place-v3": _pick_place,
     "drawer-open-v3": _drawer_open,
     "drawer-close-v3": _drawer_close,
     "button-press-topdown-v3": _button_topdown,
