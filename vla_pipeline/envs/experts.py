@@ -128,15 +128,16 @@ class DirectExpert:
     """A MetaWorld script's observation parsing with a shortened plan (module docstring)."""
 
     def __init__(self, metaworld_policy, plan: Plan):
-        self._parse = metaworld_policy._parse_obs
-        self._plan = plan
-
-    def get_action(self, obs: np.ndarray) -> np.ndarray:
         from metaworld.policies.policy import move
 
+        self._parse = metaworld_policy._parse_obs
+        self._plan = plan
+        self._move = move  # imported once here, not on every step
+
+    def get_action(self, obs: np.ndarray) -> np.ndarray:
         o = self._parse(obs)
         target, gain, effort = self._plan(o)
-        return np.append(move(o["hand_pos"], np.asarray(target, dtype=np.float64), p=gain), effort)
+        return np.append(self._move(o["hand_pos"], np.asarray(target, dtype=np.float64), p=gain), effort)
 
 
 def make_expert(task: str, kind: str = "metaworld"):
