@@ -91,6 +91,14 @@ def test_report_lists_every_method_with_metrics_and_embeds_everything(world, tmp
     assert "| corft | CO-RFT" in md and "| r01 |" in md
 
 
+def test_protocol_names_the_demonstrator_of_each_demo_set(world, tmp_path):
+    """Steps follow the demonstrator: the page must say which scripts made the main and CO-RFT sets."""
+    metrics, videos, _ = world
+    build_report(metrics, videos, parse_params(tiny_raw(demos={"expert": "direct"})), tmp_path / "report")
+    md = (tmp_path / "report" / "summary.md").read_text()
+    assert "- demonstrators: demos direct, offline_demos metaworld" in md
+
+
 def test_headline_metrics_keep_only_the_headline(world, tmp_path):
     metrics, videos, params = world
     build_report(metrics, videos, params, tmp_path / "report")

@@ -31,6 +31,7 @@ def _protocol_items(proto: dict) -> list[tuple[str, str]]:
     items += [(f"{split} split", f"{per_task.get(split, '-')} episodes per task, variation seed {split_seeds[split]}")
               for split in ("test", "validation", "train") if split in split_seeds]
     items.append(("seeds", ", ".join(f"{k} {v}" for k, v in proto["seeds"].items())))
+    items.append(("demonstrators", ", ".join(f"{k} {v}" for k, v in proto["demonstrators"].items())))
     return [(k, str(v)) for k, v in items if v is not None]
 
 

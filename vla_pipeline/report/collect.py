@@ -141,6 +141,9 @@ def protocol(results: list[MethodResult], params) -> dict:
         "chunk_len": params.policy.chunk_len,
         "seeds": {"demos": params.demos.seed, "sft": params.sft.seed, "ppo": params.ppo.seed,
                   "ire": params.ire.seed, "offline": params.offline.seed, "evaluate": params.evaluate.seed},
+        # Who made each demo set: steps to success follow the demonstrator, so a reader comparing
+        # CO-RFT's steps with ACPPO's must see when the two sets come from different scripts.
+        "demonstrators": {"demos": params.demos.expert, "offline_demos": params.offline_demos.expert},
     }
 
 
