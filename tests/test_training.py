@@ -309,6 +309,63 @@ def test_sft_early_stopping_keeps_the_best_validation_weights():
         assert torch.equal(value, kept[0.6][name]), name
 
 
+# --------------------------------------------------------------------------- SFT weight averaging
+
+
+def test_ema_average_warms_its_decay_up_and_copies_integer_buffers():
+    """After n updates the decay is min(decay, (1 + n) / (10 + n)): 2/11 at n = 1, then the cap."""
+    from vla_pipeline.sft import ema_average
+
+    average = ema_average(0.9)
+    kept, new = [torch.tensor([1.0])], [torch.tensor([3.0])]
+    average(kept, new, torch.tensor(1))
+    assert kept[0].item() == pytest.approx(1.0 + (1 - 2 / 11) * 2.0)
+    kept = [torch.tensor([1.0])]
+    average(kept, new, torch.tensor(100))
+    assert kept[0].item() == pytest.approx(1.0 + 0.1 * 2.0)
+    counts = [torch.tensor(4)]
+    average(counts, [torch.tensor(9)], torch.tensor(100))
+    assert counts[0].item() == 9
+
+
+def test_sft_keeps_and_validates_the_moving_average_of_its_weights():
+    """Two steps with sft.ema_decay 0.9: the average starts as the first iterate W1, then moves
+    (1 - 2/11) of the way to W2. W1 and W2 come from runs without averaging (same seed and
+    batches; with no warmup a 1-step and a 2-step schedule take the same first step). The
+    validation check at step 2 must see the average, and it is what training keeps."""
+    base = {"batch_size": 4, "lr": 1e-2, "warmup_steps": 0, "augment_shift": 0, "log_every": 1}
+    episodes = None
+
+    def run(steps, ema_decay, validate=None):
+        nonlocal episodes
+        params = make_params(sft={**base, "steps": steps, "ema_decay": ema_decay,
+                                  "validate_every": 2 if validate else 0})
+        policy = make_policy(params)
+        episodes = episodes or [solved_episode(t, 0, 4, seed=i) for i, t in enumerate(resolve_tasks(params.env))]
+        cameras = ("corner4",)
+        table = decode_steps(episodes_to_table(episodes, cameras, (SIZE, SIZE, 3)), cameras, (SIZE, SIZE, 3), "test")
+        train_sft(policy, table, params, validate)
+        return {k: v.clone() for k, v in policy.state_dict().items()}
+
+    first, second = run(1, 0.0), run(2, 0.0)
+    seen = {}
+
+    def validate(p):
+        seen.update({k: v.clone() for k, v in p.state_dict().items()})
+        return {"success": 0.5, "steps_to_success": None}
+
+    kept = run(2, 0.9, validate)
+    moved = 0
+    for name, value in kept.items():
+        if not value.is_floating_point():
+            continue
+        expected = first[name] + (1 - 2 / 11) * (second[name] - first[name])
+        assert torch.allclose(value, expected, atol=1e-6), name
+        assert torch.equal(seen[name], value), name
+        moved += not torch.allclose(value, second[name], atol=1e-6)
+    assert moved > 0  # the average is not simply the last iterate
+
+
 @pytest.mark.parametrize("vector", ["sync", "async"])
 def test_episodes_store_each_decision_frame_the_policy_acted_on(vector):
     """The collector PNG-encodes decision frames while async workers step; whatever the backend,

@@ -223,6 +223,9 @@ class SFTConfig(Section):
     validate_every: int = Field(0, ge=0)
     validation_episodes: int = Field(5, ge=1, le=50)
     patience: int = Field(2, ge=1)
+    # Exponential moving average of the weights (0 = off): checked on validation and kept in
+    # place of the last iterate; its decay warms up over the first steps (vla_pipeline.sft).
+    ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
 
     @field_validator("device")
     @classmethod

@@ -3,7 +3,8 @@
 Batches are task-balanced by default (every task equally often, whatever its demo count or
 episode length). With `sft.validate_every`, the policy is rolled out on validation
 configurations every so many steps; training stops once validation success has not risen
-for `patience` checks, and the best weights are kept.
+for `patience` checks, and the best weights are kept. With `sft.ema_decay`, what is checked
+and kept is an exponential moving average of the weights rather than the last iterate.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from torch.optim.swa_utils import AveragedModel
 from transformers import get_cosine_schedule_with_warmup
 
 from vla_pipeline import distributed
@@ -81,9 +83,28 @@ def train_on_windows(policy: VLAPolicy, windows, cfg: SFTConfig, aux_state_weigh
                            trainable)
 
 
+def ema_average(decay: float):
+    """`multi_avg_fn` for torch's `AveragedModel`: an exponential moving average whose decay
+    warms up as min(decay, (1 + n) / (10 + n)) after n updates, so that an early validation
+    check is not dragged back towards the random init. Integer buffers (BatchNorm's batch count)
+    take the latest value."""
+
+    def average(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        if not averaged[0].is_floating_point():
+            for kept, new in zip(averaged, current):
+                kept.copy_(new)
+            return
+        n = float(n_averaged)
+        torch._foreach_lerp_(averaged, current, 1.0 - min(decay, (1.0 + n) / (10.0 + n)))
+
+    return average
+
+
 def _train_loop(policy, windows, cfg: SFTConfig, aux_state_weight: float, validate: Optional[Validator], rng,
                 generator, optimizer, schedule, trainable) -> TrainResult:
     curve, skipped, running = [], 0, []
+    # The averaged copy is what validation checks and what is kept (BatchNorm statistics included).
+    ema = AveragedModel(policy, multi_avg_fn=ema_average(cfg.ema_decay), use_buffers=True) if cfg.ema_decay else None
     best = {"score": -1.0, "step": cfg.steps, "state": None, "validation": None, "stale": 0}
     checking = validate is not None and cfg.validate_every > 0
     bar = tqdm(range(1, cfg.steps + 1), desc="sft", unit="step", mininterval=2.0, dynamic_ncols=True,
@@ -100,6 +121,8 @@ def _train_loop(policy, windows, cfg: SFTConfig, aux_state_weight: float, valida
             continue
         optimizer.step()
         schedule.step()
+        if ema is not None:
+            ema.update_parameters(policy)
         running.append(loss)
         if step % cfg.log_every == 0 or step == cfg.steps:
             mean_loss = float(np.mean(running))
@@ -108,12 +131,14 @@ def _train_loop(policy, windows, cfg: SFTConfig, aux_state_weight: float, valida
             running = []
         if checking and (step % cfg.validate_every == 0 or step == cfg.steps):
             if distributed.is_main():  # one rank rolls out; the others wait for its decision
-                _validation_check(policy, validate, step, best, curve)
+                _validation_check(policy if ema is None else ema.module, validate, step, best, curve)
             if distributed.broadcast(best["stale"] >= cfg.patience):
                 break  # no new best for `patience` checks
             policy.train()
     if checking and best["state"] is not None:
         policy.load_state_dict(best["state"])
+    elif ema is not None:
+        policy.load_state_dict(ema.module.state_dict())
     policy.eval()
     final_loss = next((c["loss"] for c in reversed(curve) if "loss" in c), float("nan"))
     return TrainResult(curve, skipped, final_loss, best["step"] if checking else step, best["validation"])
