@@ -199,6 +199,37 @@ def evaluate_cmd(
     _echo_json({"name": name, **{k: metrics_obj[k] for k in metrics_obj["splits"]}, "counters": counters})
 
 
+@app.command("readout-error")
+@user_errors
+def readout_error_cmd(
+    checkpoint: Path = typer.Option(..., help="Policy checkpoint with an aux readout (policy.aux_state_weight > 0)."),
+    out: Path = typer.Option(..., help="JSON to write: per task, the readout's object / goal errors in cm."),
+    split: str = typer.Option("validation", help="Which split's evaluation episodes (first frames) to read."),
+    params_file: Path = PARAMS,
+):
+    """Diagnosis: how precisely the policy reads object and goal positions from its pixels."""
+    preflight.check_rendering()  # before anything imports mujoco
+    import torch
+
+    from vla_pipeline.checkpoint import load_policy
+    from vla_pipeline.config import load_params
+    from vla_pipeline.envs.tasks import SPLITS, resolve_tasks
+    from vla_pipeline.io import write_json_atomic
+    from vla_pipeline.readout import readout_errors
+
+    if split not in SPLITS:
+        raise PipelineError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
+    params = load_params(params_file)
+    torch.set_num_threads(params.evaluate.num_threads)
+    policy = load_policy(checkpoint, "cpu")
+    tasks = resolve_tasks(params.env)
+    _check_policy_fits_env(policy, params, tasks, checkpoint)
+    report = readout_errors(policy, params.env, params.evaluate, split, tasks)
+    write_json_atomic(out, report)
+    _echo_json({task: {k: v["median_cm"] for k, v in row.items() if isinstance(v, dict)}
+                for task, row in report["tasks"].items()})
+
+
 @app.command("evaluate-expert")
 @user_errors
 def evaluate_expert_cmd(

@@ -199,3 +199,31 @@ def test_evaluate_splits_option_and_round_default(tmp_path, tiny_checkpoint):
     assert json.loads((tmp_path / "x.json").read_text())["splits"] == ["validation", "train"]
     result = runner.invoke(app, base + ["--name", "x", "--metrics", str(tmp_path / "y.json"), "--splits", "heldout"])
     assert result.exit_code == 1 and "--splits 'heldout': choose from test, validation, train" in result.output
+
+
+def test_readout_error_measures_the_aux_readout_and_refuses_policies_without_one(tmp_path, tiny_demos, tiny_checkpoint):
+    """SFT with the aux readout acting on its estimate (policy.act_on_estimate), then the readout's
+    error on each validation episode's first frame; a policy without the readout is refused."""
+    params = write_params(tmp_path, sft={"steps": 4, "log_every": 2},
+                          policy={"aux_state_weight": 1.0, "act_on_estimate": True})
+    ck = tmp_path / "ck"
+    result = runner.invoke(app, ["sft", "--params", str(params), "--demos", str(tiny_demos), "--out", str(ck),
+                                 "--curve", str(tmp_path / "curve.json")])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "readout.json"
+    result = runner.invoke(app, ["readout-error", "--params", str(params), "--checkpoint", str(ck), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["split"] == "validation" and set(report["tasks"]) == {"reach-v3", "drawer-close-v3"}
+    for row in report["tasks"].values():
+        assert row["episodes"] == 1  # tiny params: 1 validation episode per task
+        assert 0 < row["object_xy"]["median_cm"] <= row["object_xyz"]["median_cm"]
+    (tmp_path / "plain").mkdir()
+    plain = write_params(tmp_path / "plain")
+    result = runner.invoke(app, ["readout-error", "--params", str(plain), "--checkpoint", str(tiny_checkpoint),
+                                 "--out", str(tmp_path / "none.json")])
+    assert result.exit_code == 1 and "no aux readout" in result.output
+    assert not (tmp_path / "none.json").exists()
+    result = runner.invoke(app, ["readout-error", "--params", str(params), "--checkpoint", str(ck),
+                                 "--out", str(out), "--split", "expert"])
+    assert result.exit_code == 1 and "choose one of test, validation, train" in result.output

@@ -1,5 +1,6 @@
 """Evaluation statistics on hand-computable cases."""
 
+import numpy as np
 import pytest
 
 from vla_pipeline.stats import mcnemar_exact_p, paired_comparison
@@ -63,3 +64,16 @@ def test_seed_table_calls_a_gain_real_only_when_positive_on_every_seed():
     assert named["final"] == "r02" and named["seeds"]["0"]["final_success"] == 0.9
     with pytest.raises(ValueError, match="no test split"):
         seed_table({"0": {**run(0.8, 0.9, 1, 0), "final": {"validation": {}}}})
+
+
+def test_position_errors_by_hand():
+    """Object off by (3, 4, 12) cm and goal by (0, 0, 5) cm in one frame, exact in the other."""
+    from vla_pipeline.readout import position_errors
+
+    truths = np.zeros((2, 6))
+    estimates = np.array([[0.03, 0.04, 0.12, 0.0, 0.0, 0.05], [0.0] * 6])
+    errors = position_errors(estimates, truths)
+    assert errors["object_xy"]["median_cm"] == pytest.approx(2.5)  # median of 5 and 0
+    assert errors["object_xyz"]["p90_cm"] == pytest.approx(0.9 * 13.0)  # 13 and 0, interpolated
+    assert errors["goal_xy"]["median_cm"] == 0.0
+    assert errors["goal_xyz"]["bias_cm"] == pytest.approx([0.0, 0.0, 2.5])

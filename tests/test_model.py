@@ -187,3 +187,37 @@ def test_aux_state_head_is_a_target_never_an_input():
     expected = (a.aux_state - (target - policy.aux_mean) / policy.aux_std).pow(2).sum(-1).mean()
     assert with_aux.item() == pytest.approx(plain.item() + expected.item(), rel=1e-5)
     assert build().config.aux_state is False and not hasattr(build(), "aux_head")
+
+
+def test_act_on_estimate_feeds_the_aux_estimate_to_the_action_and_never_the_state(tmp_path):
+    """policy.act_on_estimate: the action chunk depends on the aux head's estimate (change only that
+    head and the chunk changes; off, it does not), the MetaWorld state still never enters, the new
+    MLP trains with the heads (so iRe-VLA's frozen RL phase trains it), and the flag round-trips."""
+    from vla_pipeline.rl.trainer import parameter_groups
+
+    o = obs()
+    moved = {**o, "state": o["state"] + 1.0}
+    for on in (False, True):
+        policy = build(policy={"aux_state_weight": 1.0, "act_on_estimate": on})
+        before = policy(**policy.obs_to_tensors(o))
+        assert torch.equal(before.action_mean, policy(**policy.obs_to_tensors(moved)).action_mean)
+        with torch.no_grad():
+            policy.aux_head[-1].bias.add_(1.0)  # only the estimate moves
+        after = policy(**policy.obs_to_tensors(o))
+        assert torch.equal(before.value, after.value)
+        assert (not torch.allclose(before.action_mean, after.action_mean)) == on
+    assert hasattr(policy, "estimate_to_action")
+    params = parse_params(tiny_raw(policy={"aux_state_weight": 1.0, "act_on_estimate": True},
+                                   ppo={"freeze_backbone": True}))
+    groups = {g["name"]: g["params"] for g in parameter_groups(policy, params)}
+    assert "trunk" not in groups
+    assert any(p is policy.estimate_to_action[0].weight for p in groups["head"])
+    save_policy(policy, tmp_path / "ck", {})
+    assert json.loads((tmp_path / "ck" / "config.json").read_text())["act_on_estimate"] is True
+    loaded = load_policy(tmp_path / "ck")
+    assert torch.equal(loaded(**loaded.obs_to_tensors(o)).action_mean, after.action_mean)
+    # Off, the key stays out of config.json: checkpoints from before the flag are byte-identical.
+    save_policy(build(policy={"aux_state_weight": 1.0}), tmp_path / "off", {})
+    assert "act_on_estimate" not in json.loads((tmp_path / "off" / "config.json").read_text())
+    with pytest.raises(PipelineError, match="act_on_estimate .* aux_state_weight > 0"):
+        parse_params(tiny_raw(policy={"act_on_estimate": True, "aux_state_weight": 0.0}))

@@ -183,6 +183,9 @@ class PolicyConfig(Section):
     # Auxiliary target (not an input): weight of an MSE loss on the object and goal xyz, predicted
     # from the fused tokens by an extra readout, in every cloning loss (SFT, self-BC). 0 = no head.
     aux_state_weight: float = Field(0.0, ge=0.0)
+    # The action readout also gets the aux head's object/goal estimate and the proprio (a small
+    # MLP added to the action token). Still pixels only at run time; needs aux_state_weight > 0.
+    act_on_estimate: bool = False
     vision: VisionConfig = VisionConfig()
     text: TextConfig = TextConfig()
 
@@ -192,6 +195,8 @@ class PolicyConfig(Section):
             raise ValueError("d_model must be divisible by fusion_heads")
         if self.text.d_model % self.text.num_heads:
             raise ValueError("text.d_model must be divisible by text.num_heads")
+        if self.act_on_estimate and self.aux_state_weight <= 0:
+            raise ValueError("act_on_estimate acts on the aux head's estimate: set aux_state_weight > 0")
         return self
 
 

@@ -39,7 +39,7 @@ def build_policy(policy: PolicyConfig, env: EnvConfig, tasks: list[str]) -> VLAP
         chunk_len=policy.chunk_len, image_size=env.image_size, cameras=list(env.cameras),
         coord_channels=policy.vision.coord_channels, vision_tokens=policy.vision.tokens,
         keypoints=policy.vision.keypoints, privileged_state=policy.privileged_state,
-        aux_state=policy.aux_state_weight > 0, d_model=policy.d_model,
+        aux_state=policy.aux_state_weight > 0, act_on_estimate=policy.act_on_estimate, d_model=policy.d_model,
         fusion_layers=policy.fusion_layers, fusion_heads=policy.fusion_heads, fusion_ff=policy.fusion_ff,
         dropout=policy.dropout, init_log_std=policy.init_log_std, value_stop_gradient=policy.value_stop_gradient, vision_config=vision_config,
         text_config=text_config, text_max_length=policy.text.max_length, text_tokens=policy.text.tokens,

@@ -33,7 +33,7 @@ from vla_pipeline.rl.rounds import round_seed
 from vla_pipeline.rl.storage import RolloutBatch
 from vla_pipeline.rl.weighting import BCWeight
 
-HEAD_MODULES = ("action_head",)
+HEAD_MODULES = ("action_head", "estimate_to_action")
 VALUE_MODULES = ("value_head",)
 
 

@@ -41,6 +41,7 @@ class VLAConfig(PretrainedConfig):
         keypoints: int = 32,
         privileged_state: bool = False,
         aux_state: bool = False,
+        act_on_estimate: bool = False,
         d_model: int = 128,
         fusion_layers: int = 2,
         fusion_heads: int = 4,
@@ -71,6 +72,10 @@ class VLAConfig(PretrainedConfig):
         # An auxiliary head that predicts the object and goal xyz from the fused tokens (a training
         # target, never an input): it makes the encoder localise what the pixels must show.
         self.aux_state = aux_state
+        # The action readout also gets that head's object/goal estimate and the proprio, through a
+        # small MLP added to the action token (needs `aux_state`): the policy acts on where it reads
+        # the object and goal to be, still from pixels alone.
+        self.act_on_estimate = act_on_estimate
         self.d_model = d_model
         self.fusion_layers = fusion_layers
         self.fusion_heads = fusion_heads
@@ -90,6 +95,14 @@ class VLAConfig(PretrainedConfig):
         # Camera, image size, render flags, MetaWorld/MuJoCo versions the policy was trained with.
         self.env_spec = dict(env_spec or {})
         super().__init__(**kwargs)
+
+    def to_dict(self) -> dict:
+        # A flag that is off stays out of config.json: checkpoints written before it existed are
+        # byte-identical to new ones of the same params (DVC keeps their hashes).
+        out = super().to_dict()
+        if not out.get("act_on_estimate"):
+            out.pop("act_on_estimate", None)
+        return out
 
     @property
     def proprio_input_dim(self) -> int:

@@ -129,6 +129,12 @@ class VLAPolicy(PreTrainedModel):
             self.aux_head = mlp(d, d, C.PRIVILEGED_DIM)
             self.register_buffer("aux_mean", torch.zeros(C.PRIVILEGED_DIM))
             self.register_buffer("aux_std", torch.ones(C.PRIVILEGED_DIM))
+        if config.act_on_estimate:
+            if not config.aux_state:
+                raise ValueError("act_on_estimate needs the aux state head (policy.aux_state_weight > 0)")
+            # Why: the aux readout places the pick-place puck to ~0.6 cm, yet the cloned actions
+            # close the fingers 1-2 cm off it, where the expert's own grasp fails (README).
+            self.estimate_to_action = mlp(C.PRIVILEGED_DIM + config.proprio_input_dim, d, d)
         self.action_log_std = nn.Parameter(torch.full((config.chunk_len, config.action_dim), float(config.init_log_std)))
         # Normalisation statistics (set from data by `set_normalization`).
         self.register_buffer("proprio_mean", torch.zeros(config.proprio_input_dim))
@@ -142,7 +148,8 @@ class VLAPolicy(PreTrainedModel):
         nn.init.normal_(self.readouts, std=0.02)
         nn.init.normal_(self.type_embed, std=0.02)
         # Small last layers: the initial chunk mean is ~0 and the critic starts near 0.
-        for head in (self.action_head, self.value_head):
+        small_last = [self.action_head, self.value_head] + ([self.estimate_to_action] if config.act_on_estimate else [])
+        for head in small_last:
             nn.init.zeros_(head[-1].bias)
             head[-1].weight.data.mul_(0.1)
         if config.freeze_text:
@@ -281,13 +288,22 @@ class VLAPolicy(PreTrainedModel):
         txt, attention_mask = self._text_tokens(task_index, input_ids, attention_mask)
         txt = txt + self.type_embed[1]
         low_dim = self.proprio_features(proprio.float(), None if state is None else state.float())
-        pro = self.proprio_proj(self.normalize_proprio(low_dim)).unsqueeze(1) + self.type_embed[2]
+        low_dim = self.normalize_proprio(low_dim)
+        pro = self.proprio_proj(low_dim).unsqueeze(1) + self.type_embed[2]
         read = self.readouts.expand(batch, -1, -1) + self.type_embed[3]
         tokens = torch.cat([vis, txt, pro, read], dim=1)
         pad = torch.zeros(batch, tokens.shape[1], dtype=torch.bool, device=tokens.device)
         pad[:, vis.shape[1]:vis.shape[1] + txt.shape[1]] = attention_mask == 0
         fused = self.final_norm(self.fusion(tokens, src_key_padding_mask=pad))
-        return fused[:, -self.readouts.shape[1]:]
+        readouts = fused[:, -self.readouts.shape[1]:]
+        return self._act_on_estimate(readouts, low_dim) if self.config.act_on_estimate else readouts
+
+    def _act_on_estimate(self, readouts: torch.Tensor, proprio: torch.Tensor) -> torch.Tensor:
+        """Add the aux head's object/goal estimate (normalised) and the normalised proprio to the
+        action token: the low-dimensional path a proportional controller would use."""
+        estimate = self.aux_head(readouts[:, -1])
+        action = readouts[:, 0] + self.estimate_to_action(torch.cat([estimate, proprio], -1))
+        return torch.cat([action.unsqueeze(1), readouts[:, 1:]], 1)
 
     def action_chunk_mean(self, action_token: torch.Tensor) -> torch.Tensor:
         """The action readout (B, d) -> the chunk mean (B, K, A) in normalised action units."""
