@@ -19,6 +19,7 @@ from vla_pipeline.constants import OBS_STATE
 from vla_pipeline.envs.chunk_env import ChunkEnv, EpisodeQueue
 from vla_pipeline.envs.tasks import resolve_tasks
 from vla_pipeline.errors import PipelineError
+from vla_pipeline.evaluation import evaluation_episodes
 
 # (name, columns of the 6-vector [object xyz, goal xyz]) the errors are reported for.
 PARTS = (("object_xy", (0, 1)), ("object_xyz", (0, 1, 2)), ("goal_xy", (3, 4)), ("goal_xyz", (3, 4, 5)))
@@ -48,8 +49,6 @@ def estimate(policy, obs: dict) -> np.ndarray:
 def readout_errors(policy, env_cfg: EnvConfig, eval_cfg: EvaluateConfig, split: str,
                    tasks: Sequence[str] | None = None) -> dict:
     """Errors of the aux readout on the first frame of each of `split`'s evaluation episodes."""
-    from vla_pipeline.evaluation import evaluation_episodes
-
     if not getattr(policy.config, "aux_state", False):
         raise PipelineError("this checkpoint has no aux readout (it was trained with policy.aux_state_weight 0): "
                             "there is no position estimate to measure")
