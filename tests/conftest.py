@@ -46,6 +46,23 @@ def tiny_demos(tmp_path_factory) -> Path:
     return out
 
 
+def invoke(args: list):
+    """`python -m stages NAME ARGS`, in-process with CliRunner: NAME is a stage module
+    (`collect-demos` -> `stages/collect_demos.py`) or a tool of `stages/tools.py`."""
+    import importlib
+
+    from typer.testing import CliRunner
+
+    from stages import tools
+    from stages.__main__ import stage_modules
+
+    name, *rest = [str(a) for a in args]
+    module = name.replace("-", "_")
+    if module in stage_modules():
+        return CliRunner().invoke(importlib.import_module(f"stages.{module}").app, rest)
+    return CliRunner().invoke(tools.app, [name, *rest])
+
+
 def tiny_data_root(root: Path, demos: Path, checkpoint: Path, raw: dict) -> tuple[Path, Path]:
     """A round's world in `root`: data/ with the tiny SFT checkpoint and demos, and params.yaml."""
     import shutil

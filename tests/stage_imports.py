@@ -3,11 +3,11 @@
 Used by `tests/test_deps.py` (and runnable by hand: `python -m tests.stage_imports`).
 
 For every stage that DVC resolves from `dvc.yaml` + `params.yaml` (foreach items
-included), the command `python -m stages <sub> ...` is mapped to the Typer callback of
-`<sub>`. A fresh interpreter then imports `stages` (the `-m` entry point), every module the
-callback and the `stages/cli.py` helpers it calls import, and, until nothing new appears,
-every module that a loaded project module imports inside a function (lazy imports run
-only on some branches, so they count as well). The project files left in `sys.modules`
+included), the command `python -m stages.<module> ...` names its stage module. A fresh
+interpreter then imports that module (its module-level imports), every module its
+functions import, and, until nothing new appears, every module that a loaded project
+module imports inside a function (lazy imports run only on some branches, so they count
+as well). The project files left in `sys.modules`
 are what the stage runs; each must lie at or under one of the stage's `deps`. Imports
 under `if TYPE_CHECKING:` never run and do not count.
 """
@@ -22,8 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Runs in a fresh interpreter: argv = [repo root, subcommand]; prints a JSON list of the
-# repo-relative files of every project module the subcommand can load.
+# Runs in a fresh interpreter: argv = [repo root, stage module]; prints a JSON list of the
+# repo-relative files of every project module the stage can load.
 _PROBE = r'''
 import ast, importlib, importlib.util, inspect, json, sys
 from pathlib import Path
@@ -78,23 +78,9 @@ def load(name):
     importlib.import_module(name)
 
 
-import stages.__main__  # noqa: E402,F401  the `python -m stages` entry point (guarded main)
-from stages import cli  # noqa: E402
-import typer  # noqa: E402
-
-command = typer.main.get_command(cli.app).commands[sys.argv[2]]
-# The callback, then the module-level helpers of cli.py it names (transitively).
-cli_tree = ast.parse(Path(cli.__file__).read_text())
-helpers = {n.name: n for n in cli_tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
-todo, seen = [inspect.unwrap(command.callback).__name__], set()
-while todo:
-    fn = todo.pop()
-    if fn in seen or fn not in helpers:
-        continue
-    seen.add(fn)
-    for name in imported_names(helpers[fn], "stages", module_level=False):
-        load(name)
-    todo += [n.id for n in ast.walk(helpers[fn]) if isinstance(n, ast.Name)]
+stage = importlib.import_module(f"stages.{sys.argv[2]}")  # its module-level imports load
+for name in imported_names(ast.parse(Path(stage.__file__).read_text()), "stages", module_level=False):
+    load(name)  # and what its functions import lazily
 
 done = set()
 while True:
@@ -104,8 +90,6 @@ while True:
         break
     for name in new:
         done.add(name)
-        if name == "stages.cli":
-            continue  # only the command's own code path counts (above)
         mod = sys.modules[name]
         package = name if mod.__file__.endswith("__init__.py") else name.rpartition(".")[0]
         for imported in imported_names(ast.parse(Path(mod.__file__).read_text()), package, module_level=False):
@@ -126,18 +110,19 @@ def resolved_stages(repo: Path) -> dict[str, tuple[str, list[str]]]:
                 for stage in dvc_repo.index.stages}
 
 
-def subcommand(cmd: str) -> str:
+def stage_module(cmd: str) -> str:
+    """`python -m stages.ppo --round r01` -> `ppo`."""
     argv = shlex.split(cmd)
-    if argv[:3] != ["python", "-m", "stages"] or len(argv) < 4:
-        raise ValueError(f"not a `python -m stages <command>` line: {cmd!r}")
-    return argv[3]
+    if argv[:2] != ["python", "-m"] or len(argv) < 3 or not argv[2].startswith("stages."):
+        raise ValueError(f"not a `python -m stages.<module>` line: {cmd!r}")
+    return argv[2].removeprefix("stages.")
 
 
-def loaded_files(repo: Path, sub: str) -> list[str]:
-    proc = subprocess.run([sys.executable, "-c", _PROBE, str(repo), sub], capture_output=True, text=True,
+def loaded_files(repo: Path, module: str) -> list[str]:
+    proc = subprocess.run([sys.executable, "-c", _PROBE, str(repo), module], capture_output=True, text=True,
                           cwd=repo, timeout=300)
     if proc.returncode != 0:
-        raise RuntimeError(f"import probe of `{sub}` failed:\n{proc.stderr}")
+        raise RuntimeError(f"import probe of `stages.{module}` failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -149,22 +134,75 @@ def missing_deps(repo: Path = ROOT, required: tuple[str, ...] = ("requirements.l
                  cache: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
     """stage -> files its command runs (plus `required`) that none of its deps covers.
 
-    `cache`: subcommand -> loaded files, filled as probes run (pass one dict to reuse them).
+    `cache`: stage module -> loaded files, filled as probes run (pass one dict to reuse them).
     """
     from concurrent.futures import ThreadPoolExecutor
 
     cache = {} if cache is None else cache
     stages = resolved_stages(repo)
-    todo = sorted({subcommand(cmd) for cmd, _ in stages.values()} - cache.keys())
-    with ThreadPoolExecutor(max_workers=2) as pool:  # one fresh interpreter per subcommand
+    todo = sorted({stage_module(cmd) for cmd, _ in stages.values()} - cache.keys())
+    with ThreadPoolExecutor(max_workers=2) as pool:  # one fresh interpreter per stage module
         cache.update(zip(todo, pool.map(lambda sub: loaded_files(repo, sub), todo)))
     report = {}
     for name, (cmd, deps) in stages.items():
-        sub = subcommand(cmd)
+        sub = stage_module(cmd)
         missing = [f for f in [*required, *cache[sub]] if not covered(f, deps)]
         if missing:
             report[name] = missing
     return report
+
+
+CODE_ROOTS = ("stages", "vla_pipeline")
+
+
+def is_code(dep: str) -> bool:
+    return dep.split("/")[0] in CODE_ROOTS
+
+
+def extra_deps(repo: Path = ROOT, cache: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+    """stage -> code deps it lists but never runs (a folder counts as extra: it covers files the
+    stage does not load). Each one reruns the stage for an edit that cannot change its result."""
+    cache = {} if cache is None else cache
+    missing_deps(repo, cache=cache)  # fills the cache
+    report = {}
+    for name, (cmd, deps) in resolved_stages(repo).items():
+        loaded = set(cache[stage_module(cmd)])
+        extra = [d for d in deps if is_code(d) and d not in loaded]
+        if extra:
+            report[name] = extra
+    return report
+
+
+def write_code_deps(repo: Path = ROOT) -> list[str]:
+    """Rewrite every stage's code deps in dvc.yaml as exactly the files its module loads (after
+    `requirements.lock`; data deps, comments and the rest stay as they are). Returns the stages
+    whose lists changed. `python -m tests.stage_imports --write` runs it."""
+    import re
+
+    import yaml
+
+    path = repo / "dvc.yaml"
+    lines = path.read_text().splitlines(keepends=True)
+    spec = yaml.safe_load("".join(lines))["stages"]
+    changed, cache = [], {}
+    for name, stage in spec.items():
+        body = stage.get("do", stage)
+        module = re.search(r"python -m stages\.(\w+)", body["cmd"]).group(1)
+        if module not in cache:
+            cache[module] = loaded_files(repo, module)
+        files = ["requirements.lock", *cache[module]]
+        start = next(i for i, line in enumerate(lines) if re.match(rf"  {name}:(\s|$)", line))
+        deps_at = next(i for i in range(start, len(lines)) if lines[i].strip() == "deps:")
+        end = next(i for i in range(deps_at + 1, len(lines)) if not lines[i].lstrip().startswith("- "))
+        indent = lines[deps_at + 1][: len(lines[deps_at + 1]) - len(lines[deps_at + 1].lstrip())]
+        old = [line.strip()[2:] for line in lines[deps_at + 1:end]]
+        data = [d for d in old if not is_code(d) and d != "requirements.lock"]
+        new = [f"{indent}- {d}\n" for d in [*files, *data]]
+        if [*files, *data] != old:
+            changed.append(name)
+        lines[deps_at + 1:end] = new
+    path.write_text("".join(lines))
+    return changed
 
 
 def format_report(report: dict[str, list[str]]) -> str:
@@ -173,5 +211,8 @@ def format_report(report: dict[str, list[str]]) -> str:
 
 
 if __name__ == "__main__":
-    for sub in sys.argv[1:] or ["collect-demos"]:
-        print(sub, loaded_files(ROOT, sub))
+    if sys.argv[1:] == ["--write"]:
+        print("rewrote the code deps of:", ", ".join(write_code_deps()) or "none")
+    else:
+        for module in sys.argv[1:] or ["collect_demos"]:
+            print(module, loaded_files(ROOT, module))

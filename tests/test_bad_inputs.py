@@ -1,6 +1,6 @@
 """What a new user gets wrong: one clear line on stderr and exit != 0, never a traceback wall.
 
-Every command runs as a real `python -m stages` process (as DVC runs it), so stderr is
+Every command runs as a real `python -m stages.<stage>` process (as DVC runs it), so stderr is
 exactly what the user sees, env workers included.
 """
 
@@ -22,7 +22,10 @@ PPO = {"iterations": 2, "decisions_per_iteration": 16, "epochs": 1, "minibatch_s
 
 
 def stage(args, params: Path | None = None, env: dict | None = None, **popen):
-    cmd = [sys.executable, "-m", "stages", *args] + (["--params", str(params)] if params else [])
+    name, *rest = args
+    module = name.replace("-", "_")
+    target = [f"stages.{module}"] if (ROOT / "stages" / f"{module}.py").exists() else ["stages.tools", name]
+    cmd = [sys.executable, "-m", *target, *rest] + (["--params", str(params)] if params else [])
     full_env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
     if popen:
         return subprocess.Popen(cmd, env=full_env, **popen)
@@ -75,7 +78,7 @@ def test_check_params_refuses(tmp_path, section, values, fragment):
 def test_a_gl_backend_that_cannot_render_is_one_line_that_says_egl(tmp_path, backend):
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     env.update(MUJOCO_GL=backend, PYOPENGL_PLATFORM=backend, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-m", "stages", "evaluate-expert", "--params",
+    proc = subprocess.run([sys.executable, "-m", "stages.evaluate_expert", "--params",
                            str(write_params(tmp_path, env={"vector": "async"})), "--metrics",
                            str(tmp_path / "m.json"), "--table", str(tmp_path / "t.json")],
                           env=env, capture_output=True, text=True, timeout=300)

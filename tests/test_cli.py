@@ -2,14 +2,13 @@
 
 import json
 import shutil
+import subprocess
+import sys
 
 import yaml
-from typer.testing import CliRunner
 
-from stages.cli import app
-from tests.conftest import tiny_raw
+from tests.conftest import ROOT, invoke, tiny_raw
 
-runner = CliRunner()
 
 
 def write_params(tmp_path, **overrides):
@@ -18,11 +17,12 @@ def write_params(tmp_path, **overrides):
     return path
 
 
-def test_help_lists_every_stage():
-    result = runner.invoke(app, ["--help"])
-    assert result.exit_code == 0
-    for name in ("collect-demos", "sft", "evaluate", "evaluate-expert", "compare", "check-params"):
-        assert name in result.output
+def test_help_lists_every_stage_and_tool():
+    proc = subprocess.run([sys.executable, "-m", "stages", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("collect-demos", "sft", "evaluate", "evaluate-expert", "compare", "check-params", "ppo", "report",
+                 "bench", "seeds", "docs"):
+        assert f"  {name} " in proc.stdout
 
 
 def test_misspelled_param_exits_non_zero_and_writes_nothing(tmp_path):
@@ -31,7 +31,7 @@ def test_misspelled_param_exits_non_zero_and_writes_nothing(tmp_path):
     raw["demos"]["episodes_per_tsk"] = 3
     params.write_text(yaml.safe_dump(raw))
     out = tmp_path / "demos"
-    result = runner.invoke(app, ["collect-demos", "--params", str(params), "--out", str(out),
+    result = invoke(["collect-demos", "--params", str(params), "--out", str(out),
                                  "--metrics", str(tmp_path / "m.json")])
     assert result.exit_code == 1
     assert "unknown key 'demos.episodes_per_tsk'" in result.output
@@ -41,14 +41,14 @@ def test_misspelled_param_exits_non_zero_and_writes_nothing(tmp_path):
 
 def test_unknown_task_exits_non_zero(tmp_path):
     params = write_params(tmp_path, env={"tasks": ["reach-v3", "fly-to-moon-v3"]})
-    result = runner.invoke(app, ["check-params", "--params", str(params)])
+    result = invoke(["check-params", "--params", str(params)])
     assert result.exit_code == 1 and "unknown MetaWorld task 'fly-to-moon-v3'" in result.output
 
 
 def test_collect_demos_writes_snapshot_and_counts(tmp_path):
     params = write_params(tmp_path, demos={"episodes_per_task": 1})
     out, metrics = tmp_path / "demos", tmp_path / "demos.json"
-    result = runner.invoke(app, ["collect-demos", "--params", str(params), "--out", str(out), "--metrics", str(metrics)])
+    result = invoke(["collect-demos", "--params", str(params), "--out", str(out), "--metrics", str(metrics)])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["drawer-close-v3.parquet", "manifest.json", "reach-v3.parquet"]
     counts = json.loads(metrics.read_text())
@@ -57,7 +57,7 @@ def test_collect_demos_writes_snapshot_and_counts(tmp_path):
 
 def test_sft_refuses_a_missing_snapshot(tmp_path):
     params = write_params(tmp_path)
-    result = runner.invoke(app, ["sft", "--params", str(params), "--demos", str(tmp_path / "nope"),
+    result = invoke(["sft", "--params", str(params), "--demos", str(tmp_path / "nope"),
                                  "--out", str(tmp_path / "ck"), "--curve", str(tmp_path / "c.json")])
     assert result.exit_code == 1 and "buffer snapshot not found" in result.output
     assert not (tmp_path / "ck").exists()
@@ -67,7 +67,7 @@ def test_sft_refuses_demos_of_another_image_size_or_cameras(tmp_path, tiny_demos
     for env, expected in (({"image_size": 48}, "at 32 px; params.yaml asks for env.cameras ['corner4'] at 48 px"),
                           ({"cameras": ["corner4", "topview"]}, "asks for env.cameras ['corner4', 'topview']")):
         params = write_params(tmp_path, env=env)
-        result = runner.invoke(app, ["sft", "--params", str(params), "--demos", str(tiny_demos),
+        result = invoke(["sft", "--params", str(params), "--demos", str(tiny_demos),
                                      "--out", str(tmp_path / "ck"), "--curve", str(tmp_path / "c.json")])
         assert result.exit_code == 1 and expected in result.output and "rerun collect_demos" in result.output
 
@@ -76,12 +76,12 @@ def test_another_field_of_view_is_refused_for_demos_and_checkpoints(tmp_path, ti
     """Demos and a checkpoint of MuJoCo's views must not meet a zoomed camera (`env.camera_fovy`):
     the pixels would be another input, silently."""
     params = write_params(tmp_path, env={"camera_fovy": {"corner4": 45}})
-    result = runner.invoke(app, ["sft", "--params", str(params), "--demos", str(tiny_demos),
+    result = invoke(["sft", "--params", str(params), "--demos", str(tiny_demos),
                                  "--out", str(tmp_path / "ck"), "--curve", str(tmp_path / "c.json")])
     assert result.exit_code == 1, result.output
     assert "was rendered with env.camera_fovy {} (MuJoCo views); params.yaml asks for {'corner4': 45.0}" in result.output
     assert "rerun collect_demos" in result.output and not (tmp_path / "ck").exists()
-    result = runner.invoke(app, ["evaluate", "--params", str(params), "--checkpoint", str(tiny_checkpoint),
+    result = invoke(["evaluate", "--params", str(params), "--checkpoint", str(tiny_checkpoint),
                                  "--name", "sft", "--metrics", str(tmp_path / "m.json"), "--table", str(tmp_path / "t.json")])
     assert result.exit_code == 1 and "was trained with env.camera_fovy {} (MuJoCo views)" in result.output
     assert not (tmp_path / "m.json").exists()
@@ -92,11 +92,11 @@ def test_sft_trains_with_the_recipe_it_is_given(tmp_path, tiny_demos):
     params = write_params(tmp_path, sft={"steps": 4, "log_every": 2}, sft_offline={"steps": 2})
     for recipe, steps in (("sft", [2, 4]), ("sft_offline", [2])):
         curve = tmp_path / f"{recipe}.json"
-        result = runner.invoke(app, ["sft", "--params", str(params), "--demos", str(tiny_demos), "--out",
+        result = invoke(["sft", "--params", str(params), "--demos", str(tiny_demos), "--out",
                                      str(tmp_path / recipe), "--curve", str(curve), "--recipe", recipe])
         assert result.exit_code == 0, result.output
         assert [r["step"] for r in json.loads(curve.read_text())] == steps
-    result = runner.invoke(app, ["sft", "--params", str(params), "--demos", str(tiny_demos), "--out",
+    result = invoke(["sft", "--params", str(params), "--demos", str(tiny_demos), "--out",
                                  str(tmp_path / "bad"), "--curve", str(tmp_path / "bad.json"), "--recipe", "sft-offline"])
     assert result.exit_code == 1 and "unknown SFT recipe 'sft-offline'" in result.output
     assert not (tmp_path / "bad").exists()
@@ -105,13 +105,13 @@ def test_sft_trains_with_the_recipe_it_is_given(tmp_path, tiny_demos):
 def test_sft_then_evaluate(tmp_path, tiny_demos):
     params = write_params(tmp_path, sft={"steps": 4, "log_every": 2})
     ck = tmp_path / "ck"
-    result = runner.invoke(app, ["sft", "--params", str(params), "--demos", str(tiny_demos), "--out", str(ck),
+    result = invoke(["sft", "--params", str(params), "--demos", str(tiny_demos), "--out", str(ck),
                                  "--curve", str(tmp_path / "curve.json")])
     assert result.exit_code == 0, result.output
     assert [r["step"] for r in json.loads((tmp_path / "curve.json").read_text())] == [2, 4]
     args = ["evaluate", "--params", str(params), "--checkpoint", str(ck), "--name", "sft",
             "--metrics", str(tmp_path / "m.json"), "--table", str(tmp_path / "t.json"), "--videos", str(tmp_path / "v")]
-    result = runner.invoke(app, args)
+    result = invoke(args)
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["splits"] == ["test", "validation", "train"]
@@ -135,7 +135,7 @@ def test_evaluate_refuses_a_truncated_checkpoint_and_keeps_old_metrics(tmp_path,
     weights = ck / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     (tmp_path / "m.json").write_text('{"old": true}\n')
-    result = runner.invoke(app, ["evaluate", "--params", str(params), "--checkpoint", str(ck), "--name", "sft",
+    result = invoke(["evaluate", "--params", str(params), "--checkpoint", str(ck), "--name", "sft",
                                  "--metrics", str(tmp_path / "m.json"), "--table", str(tmp_path / "t.json"),
                                  "--videos", str(tmp_path / "v")])
     assert result.exit_code == 1 and "unreadable safetensors" in result.output
@@ -145,7 +145,7 @@ def test_evaluate_refuses_a_truncated_checkpoint_and_keeps_old_metrics(tmp_path,
 
 def test_evaluate_expert(tmp_path):
     params = write_params(tmp_path)
-    result = runner.invoke(app, ["evaluate-expert", "--params", str(params), "--metrics", str(tmp_path / "e.json"),
+    result = invoke(["evaluate-expert", "--params", str(params), "--metrics", str(tmp_path / "e.json"),
                                  "--table", str(tmp_path / "t.json"), "--episodes", str(tmp_path / "ep.json")])
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "e.json").read_text())
@@ -153,7 +153,7 @@ def test_evaluate_expert(tmp_path):
     episodes = json.loads((tmp_path / "ep.json").read_text())
     assert len(episodes) == sum(metrics[s]["episodes"] for s in metrics["splits"]) == 8
     # The expert against itself: every pair concordant, p = 1.
-    result = runner.invoke(app, ["compare", "--base", str(tmp_path / "ep.json"), "--new", str(tmp_path / "ep.json"),
+    result = invoke(["compare", "--base", str(tmp_path / "ep.json"), "--new", str(tmp_path / "ep.json"),
                                  "--out", str(tmp_path / "paired.json")])
     assert result.exit_code == 0, result.output
     paired = json.loads((tmp_path / "paired.json").read_text())
@@ -168,18 +168,18 @@ def test_compare_refuses_other_episode_lists_and_foreign_json(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps([record]))
     (tmp_path / "b.json").write_text(json.dumps([{**record, "variation": 41}]))
     (tmp_path / "c.json").write_text(json.dumps({"all": {}}))
-    result = runner.invoke(app, ["compare", "--base", str(tmp_path / "a.json"), "--new", str(tmp_path / "b.json")])
+    result = invoke(["compare", "--base", str(tmp_path / "a.json"), "--new", str(tmp_path / "b.json")])
     assert result.exit_code == 1 and "different test episodes" in result.output
-    result = runner.invoke(app, ["compare", "--base", str(tmp_path / "a.json"), "--new", str(tmp_path / "c.json")])
+    result = invoke(["compare", "--base", str(tmp_path / "a.json"), "--new", str(tmp_path / "c.json")])
     assert result.exit_code == 1 and "not per-episode results" in result.output
-    result = runner.invoke(app, ["compare", "--base", str(tmp_path / "a.json"), "--new", str(tmp_path / "nope.json")])
+    result = invoke(["compare", "--base", str(tmp_path / "a.json"), "--new", str(tmp_path / "nope.json")])
     assert result.exit_code == 1 and "no such file" in result.output
 
 
 def test_diverging_sft_stops_with_a_clear_error_and_no_checkpoint(tmp_path, tiny_demos):
     params = write_params(tmp_path, sft={"steps": 30, "lr": 1.0e12, "weight_decay": 0.0, "warmup_steps": 0})
     ck = tmp_path / "ck"
-    result = runner.invoke(app, ["sft", "--params", str(params), "--demos", str(tiny_demos), "--out", str(ck),
+    result = invoke(["sft", "--params", str(params), "--demos", str(tiny_demos), "--out", str(ck),
                                  "--curve", str(tmp_path / "curve.json")])
     assert result.exit_code == 1, result.output
     assert "non-finite loss or gradient" in result.output
@@ -191,13 +191,13 @@ def test_evaluate_splits_option_and_round_default(tmp_path, tiny_checkpoint):
     params = write_params(tmp_path, rounds={"r01": {"policy_in": "sft", "buffer_in": "demos"}})
     base = ["evaluate", "--params", str(params), "--checkpoint", str(tiny_checkpoint), "--table",
             str(tmp_path / "t.json"), "--videos", str(tmp_path / "v")]
-    result = runner.invoke(app, base + ["--name", "r01", "--metrics", str(tmp_path / "r.json")])
+    result = invoke(base + ["--name", "r01", "--metrics", str(tmp_path / "r.json")])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "r.json").read_text())["splits"] == ["validation"]
-    result = runner.invoke(app, base + ["--name", "x", "--metrics", str(tmp_path / "x.json"), "--splits", "train,validation"])
+    result = invoke(base + ["--name", "x", "--metrics", str(tmp_path / "x.json"), "--splits", "train,validation"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "x.json").read_text())["splits"] == ["validation", "train"]
-    result = runner.invoke(app, base + ["--name", "x", "--metrics", str(tmp_path / "y.json"), "--splits", "heldout"])
+    result = invoke(base + ["--name", "x", "--metrics", str(tmp_path / "y.json"), "--splits", "heldout"])
     assert result.exit_code == 1 and "--splits 'heldout': choose from test, validation, train" in result.output
 
 
@@ -207,11 +207,11 @@ def test_readout_error_measures_the_aux_readout_and_refuses_policies_without_one
     params = write_params(tmp_path, sft={"steps": 4, "log_every": 2},
                           policy={"aux_state_weight": 1.0, "act_on_estimate": True})
     ck = tmp_path / "ck"
-    result = runner.invoke(app, ["sft", "--params", str(params), "--demos", str(tiny_demos), "--out", str(ck),
+    result = invoke(["sft", "--params", str(params), "--demos", str(tiny_demos), "--out", str(ck),
                                  "--curve", str(tmp_path / "curve.json")])
     assert result.exit_code == 0, result.output
     out = tmp_path / "readout.json"
-    result = runner.invoke(app, ["readout-error", "--params", str(params), "--checkpoint", str(ck), "--out", str(out)])
+    result = invoke(["readout-error", "--params", str(params), "--checkpoint", str(ck), "--out", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["split"] == "validation" and set(report["tasks"]) == {"reach-v3", "drawer-close-v3"}
@@ -220,10 +220,10 @@ def test_readout_error_measures_the_aux_readout_and_refuses_policies_without_one
         assert 0 < row["object_xy"]["median_cm"] <= row["object_xyz"]["median_cm"]
     (tmp_path / "plain").mkdir()
     plain = write_params(tmp_path / "plain")
-    result = runner.invoke(app, ["readout-error", "--params", str(plain), "--checkpoint", str(tiny_checkpoint),
+    result = invoke(["readout-error", "--params", str(plain), "--checkpoint", str(tiny_checkpoint),
                                  "--out", str(tmp_path / "none.json")])
     assert result.exit_code == 1 and "no aux readout" in result.output
     assert not (tmp_path / "none.json").exists()
-    result = runner.invoke(app, ["readout-error", "--params", str(params), "--checkpoint", str(ck),
+    result = invoke(["readout-error", "--params", str(params), "--checkpoint", str(ck),
                                  "--out", str(out), "--split", "expert"])
     assert result.exit_code == 1 and "choose one of test, validation, train" in result.output

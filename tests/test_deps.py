@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, copy_git_files
-from tests.stage_imports import format_report, missing_deps
+from tests.stage_imports import extra_deps, format_report, missing_deps, resolved_stages, stage_module
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +21,22 @@ def probes() -> dict:
 def test_every_stage_depends_on_every_module_its_command_imports(probes):
     report = missing_deps(ROOT, cache=probes)
     assert not report, "\n" + format_report(report) + "\n(add these paths to the stage's deps in dvc.yaml)"
-    assert {"check-params", "collect-demos", "sft", "evaluate", "ppo", "snapshot", "compare"} <= probes.keys()
-    assert all("vla_pipeline/config.py" in files for sub, files in probes.items() if sub not in ("compare", "offline-summary"))
+    assert {"check_params", "collect_demos", "sft", "evaluate", "ppo", "snapshot", "compare"} <= probes.keys()
+    assert all("vla_pipeline/config.py" in files for sub, files in probes.items() if sub not in ("compare", "offline_summary"))
+
+
+def test_no_stage_lists_code_it_does_not_run(probes):
+    """The other direction: a folder, or a module the stage never loads, would rerun the stage for
+    an edit that cannot change its result (`python -m tests.stage_imports --write` fixes both)."""
+    report = extra_deps(ROOT, cache=probes)
+    assert not report, "\n".join(f"stage '{s}' lists code it does not run: {', '.join(d)}" for s, d in report.items())
+
+
+def test_each_stage_depends_on_its_own_command_module_only():
+    """Editing one stage's module reruns that stage (and what reads its outputs), nothing else."""
+    for name, (cmd, deps) in resolved_stages(ROOT).items():
+        own = {"stages/__init__.py", "stages/common.py", f"stages/{stage_module(cmd)}.py"}
+        assert {d for d in deps if d.startswith("stages")} == own, name
 
 
 def test_a_removed_dep_line_is_named(tmp_path, probes):

@@ -69,7 +69,7 @@ def test_sft_on_two_gloo_ranks_takes_the_one_rank_steps(tmp_path, tiny_demos):
     outputs = {}
     for ranks in (1, 2):
         out, curve = tmp_path / f"sft-{ranks}", tmp_path / f"curve-{ranks}.json"
-        args = ["stages", "sft", "--params", params, "--demos", tiny_demos, "--out", out, "--curve", curve]
+        args = ["stages.sft", "--params", params, "--demos", tiny_demos, "--out", out, "--curve", curve]
         in_private_network(torchrun(ranks, *args) if ranks > 1 else [sys.executable, "-m", *args], tmp_path)
         outputs[ranks] = out, json.loads(curve.read_text())
     (one, curve_one), (two, curve_two) = outputs[1], outputs[2]
@@ -108,7 +108,7 @@ def test_ppo_round_under_torchrun_writes_one_round(tmp_path, tiny_demos, tiny_ch
         root = tmp_path / f"ranks-{ranks}"
         root.mkdir()
         data, params = tiny_data_root(root, tiny_demos, tiny_checkpoint, raw)
-        args = ["stages", "ppo", "--round", "r01", "--data", data, "--params", params]
+        args = ["stages.ppo", "--round", "r01", "--data", data, "--params", params]
         in_private_network(torchrun(ranks, *args) if ranks > 1 else [sys.executable, "-m", *args], root)
         results[ranks] = data
     one, two = results[1], results[2]
@@ -172,11 +172,9 @@ def test_a_ranks_block_gets_the_shifts_of_the_whole_batch():
 
 
 def test_a_one_process_stage_refuses_to_run_as_torchrun_ranks(tmp_path, monkeypatch):
-    from typer.testing import CliRunner
-
-    from stages.cli import app
+    from tests.conftest import invoke
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    result = CliRunner().invoke(app, ["check-params", "--params", str(_params_file(tmp_path))])
+    result = invoke(["check-params", "--params", str(_params_file(tmp_path))])
     assert result.exit_code == 1
     assert "'check-params' runs on one rank; start it without torchrun (data-parallel stages: sft, ppo)" in result.output

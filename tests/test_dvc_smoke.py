@@ -120,3 +120,24 @@ def test_repro_killed_mid_stage_recovers_on_the_next_repro(repo):
     assert "Running stage" not in run([sys.executable, "-m", "dvc", "repro"], dest, env).stdout
     run([sys.executable, "-m", "dvc", "repro", "--force", "--single-item", "check_params"], dest, env)
     assert not list(checkpoints.glob(".sft.*")) and (checkpoints / "sft").is_dir()
+
+
+def test_editing_one_stage_module_makes_only_its_stages_stale(repo):
+    """Each stage depends on its own module: an edit to `stages/snapshot.py` changes the deps of
+    `snapshot@*` alone; an edit to `stages/tools.py` (no stage runs it) changes none."""
+    dest, env, _ = repo
+
+    def stale() -> set[str]:
+        report = json.loads(run([sys.executable, "-m", "dvc", "status", "--json"], dest, env).stdout or "{}")
+        return set(report)
+
+    assert stale() == set()
+    for module, expected in (("snapshot", {"snapshot@r01"}), ("tools", set())):
+        path = dest / "stages" / f"{module}.py"
+        original = path.read_text()
+        path.write_text(original + "\n# an edit\n")
+        try:
+            assert stale() == expected, module
+        finally:
+            path.write_text(original)
+    assert stale() == set()

@@ -170,9 +170,9 @@ def test_going_back_to_round_r01_after_r02_is_committed(state):
     run([*DVC, "push"], repo, env)
     r02_files = outputs(repo)
 
-    listing = run([sys.executable, "-m", "stages", "versions"], repo, env).stdout
+    listing = run([sys.executable, "-m", "stages.tools", "versions"], repo, env).stdout
     assert "ppo.lr: 1e-05 -> " in listing and "rounds.r02.policy_in: (none) -> 'r01'" in listing
-    records = json.loads(run([sys.executable, "-m", "stages", "versions", "--json"], repo, env).stdout)
+    records = json.loads(run([sys.executable, "-m", "stages.tools", "versions", "--json"], repo, env).stdout)
     history = run(["git", "log", "--reverse", "--format=%H", "--", "dvc.lock"], repo, env).stdout.split()
     assert [r["commit"] for r in records] == history and len(history) == 3 and history[0] == state["r01"]
     second, latest = ({(o["kind"], o["name"]): o for o in r["outputs"]} for r in records[1:])

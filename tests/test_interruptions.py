@@ -15,7 +15,7 @@ from vla_pipeline.data.snapshot import load_snapshot, sha256_file
 
 def start_collect(params: Path, out: Path, metrics: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.Popen([sys.executable, "-m", "stages", "collect-demos", "--params", str(params),
+    return subprocess.Popen([sys.executable, "-m", "stages.collect_demos", "--params", str(params),
                              "--out", str(out), "--metrics", str(metrics)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 

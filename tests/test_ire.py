@@ -7,10 +7,8 @@ import numpy as np
 import pytest
 import yaml
 from safetensors.numpy import load_file
-from typer.testing import CliRunner
 
-from stages.cli import app
-from tests.conftest import tiny_data_root, tiny_raw
+from tests.conftest import invoke, tiny_data_root, tiny_raw
 from vla_pipeline.config import parse_params
 from vla_pipeline.data.snapshot import load_snapshot, read_manifest
 from vla_pipeline.data.windows import ChunkWindows
@@ -18,7 +16,6 @@ from vla_pipeline.errors import PipelineError
 from vla_pipeline.evaluation import demo_configurations
 from vla_pipeline.rl.ire import MixedWindows
 
-runner = CliRunner()
 
 PPO = {"decisions_per_iteration": 16, "epochs": 2, "minibatch_size": 8, "target_kl": None}
 IRE = {"rl_iterations": 2, "critic_warmup_iterations": 1, "sl_steps": 6, "sl_batch_size": 8, "sl_warmup_steps": 1,
@@ -30,7 +27,7 @@ TRUNK_EXCLUDED = ("action_head.", "value_head.", "action_log_std")
 
 
 def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
+    return invoke(args)
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,8 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file
-from typer.testing import CliRunner
 
-from stages.cli import app
-from tests.conftest import tiny_data_root, tiny_raw
+from tests.conftest import invoke, tiny_data_root, tiny_raw
 from vla_pipeline.checkpoint import load_policy
 from vla_pipeline.config import OfflineConfig, parse_params
 from vla_pipeline.data.snapshot import load_snapshot
@@ -22,7 +20,6 @@ from vla_pipeline.rl.offline import (
 )
 from vla_pipeline.stats import offline_summary, paired_relative_changes
 
-runner = CliRunner()
 TINY_OFFLINE = {"steps": 8, "batch_size": 16, "log_every": 2, "validate_every": 4, "validation_episodes": 1,
                 "critic_hidden": 16, "cql_samples": 2, "policy_delay": 2, "feature_batch_size": 7}
 
@@ -235,7 +232,7 @@ def test_offline_runs_are_checked_at_load():
 
 
 def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
+    return invoke(args)
 
 
 def test_offline_command_writes_policy_critic_and_curve(tmp_path, tiny_demos, tiny_checkpoint):

@@ -6,15 +6,12 @@ import shutil
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from stages.cli import app
-from tests.conftest import tiny_data_root, tiny_raw
+from tests.conftest import invoke, tiny_data_root, tiny_raw
 from vla_pipeline.config import parse_params
 from vla_pipeline.data.snapshot import load_episodes, read_manifest, sha256_file
 from vla_pipeline.errors import PipelineError
 
-runner = CliRunner()
 
 PPO = {"iterations": 2, "decisions_per_iteration": 16, "epochs": 2, "minibatch_size": 8,
        "critic_warmup_iterations": 1, "target_kl": None}
@@ -26,7 +23,7 @@ def round_dir(tmp_path_factory, tiny_demos, tiny_checkpoint):
     root = tmp_path_factory.mktemp("rounds")
     data, params = tiny_data_root(root, tiny_demos, tiny_checkpoint, tiny_raw(ppo=PPO, rounds=ROUNDS))
     for command in ("ppo", "snapshot"):
-        result = runner.invoke(app, [command, "--round", "r01", "--data", str(data), "--params", str(params)])
+        result = invoke([command, "--round", "r01", "--data", str(data), "--params", str(params)])
         assert result.exit_code == 0, result.output
     return root, data, params
 
@@ -66,7 +63,7 @@ def test_snapshot_is_deterministic(round_dir, tmp_path):
     copy = tmp_path / "data"
     shutil.copytree(data, copy)
     shutil.rmtree(copy / "buffers" / "r01")
-    result = runner.invoke(app, ["snapshot", "--round", "r01", "--data", str(copy), "--params", str(params)])
+    result = invoke(["snapshot", "--round", "r01", "--data", str(copy), "--params", str(params)])
     assert result.exit_code == 0, result.output
     for path in (data / "buffers" / "r01").iterdir():
         assert path.read_bytes() == (copy / "buffers" / "r01" / path.name).read_bytes()
@@ -74,7 +71,7 @@ def test_snapshot_is_deterministic(round_dir, tmp_path):
 
 def test_unknown_round_is_a_clear_error(round_dir):
     _, data, params = round_dir
-    result = runner.invoke(app, ["ppo", "--round", "r09", "--data", str(data), "--params", str(params)])
+    result = invoke(["ppo", "--round", "r09", "--data", str(data), "--params", str(params)])
     assert result.exit_code == 1 and "no round named 'r09'" in result.output
 
 
@@ -94,7 +91,7 @@ def test_diverging_ppo_writes_no_checkpoint(round_dir, tmp_path):
     copy = tmp_path / "data"
     for sub in ("checkpoints/sft", "buffers/demos"):
         shutil.copytree(data / sub, copy / sub)
-    result = runner.invoke(app, ["ppo", "--round", "r01", "--data", str(copy), "--params", str(params)])
+    result = invoke(["ppo", "--round", "r01", "--data", str(copy), "--params", str(params)])
     assert result.exit_code == 1, result.output
     assert "non-finite loss or gradient" in result.output
     assert not (copy / "checkpoints" / "r01").exists() and not (copy / "rollouts" / "r01").exists()
@@ -122,7 +119,7 @@ def test_failure_curriculum_and_short_training_horizon(round_dir, tmp_path, monk
     copy = tmp_path / "data"
     for sub in ("checkpoints/sft", "buffers/demos"):
         shutil.copytree(data / sub, copy / sub)
-    result = runner.invoke(app, ["ppo", "--round", "r01", "--data", str(copy), "--params", str(params),
+    result = invoke(["ppo", "--round", "r01", "--data", str(copy), "--params", str(params),
                                  "--curve", str(tmp_path / "curve.json")])
     assert result.exit_code == 0, result.output
     curve = json.loads((tmp_path / "curve.json").read_text())

@@ -143,3 +143,10 @@ def collect_demos(params: Params, out_dir: Path, section: str = "demos") -> dict
     return {"manifest": manifest, "expert": expert_stats, "env_steps": steps, "renders": renders,
             "wall_seconds": wall, "env_steps_per_s": steps / wall, "renders_per_s": renders / wall,
             "renders_per_s_per_worker": renders / busy}
+
+
+def demo_counts(summary: dict) -> dict:
+    """The demo stage's metrics: episodes and steps per task, and the expert's own record."""
+    manifest = summary["manifest"]
+    return {"tasks": manifest["tasks"], "expert": summary["expert"], "total_episodes": manifest["total_episodes"],
+            "total_steps": manifest["total_rows"]}

@@ -30,3 +30,16 @@ def env_spec(env: EnvConfig) -> dict:
     if env.camera_fovy:  # only when set, so checkpoints and demos of MuJoCo's views keep their bytes
         spec["camera_fovy"] = dict(sorted(env.camera_fovy.items()))
     return spec
+
+
+def protocol_header(name: str, params) -> dict:
+    """The head of every metrics file: which policy, and the protocol its numbers hold for."""
+    versions = software_versions()
+    env, evaluate = params.env, params.evaluate
+    return {"policy": name, "protocol": {
+        "horizon": env.max_episode_steps, "cameras": list(env.cameras), "image_size": env.image_size,
+        "episodes_per_task": {"test": evaluate.episodes_test, "validation": evaluate.episodes_validation,
+                              "train": evaluate.episodes_train},
+        "split_seeds": {"test": env.test_seed, "validation": env.validation_seed, "train": list(env.train_seeds)},
+        "seed": evaluate.seed, "deterministic": evaluate.deterministic, "metaworld": versions["metaworld"],
+        "mujoco": versions["mujoco"], "reward": env.reward}}

@@ -12,6 +12,8 @@ from vla_pipeline.config import Params
 from vla_pipeline.data.episode import Episode
 from vla_pipeline.data.snapshot import load_episodes, read_manifest, write_snapshot
 from vla_pipeline.errors import PipelineError
+from vla_pipeline.io import atomic_directory, write_json_atomic
+from vla_pipeline.outputs import curve_path, write_checkpoint
 from vla_pipeline.rl.buffer import SelfBCBuffer
 
 DATA = Path("data")
@@ -86,3 +88,23 @@ def write_buffer(out_dir: Path, buffer: SelfBCBuffer, source_snapshot: Path | No
         reusable = {t for t in by_task if f"{t}.parquet" in shards} - buffer.changed_tasks - filtered
     plan = {task: (None if task in reusable else eps) for task, eps in by_task.items()}
     return write_snapshot(out_dir, plan, cameras, image_shape, provenance, reuse_from=source_snapshot)
+
+
+def write_round(data: Path, round_name: str, policy, meta: dict, successes: list, curve: list,
+                cameras: tuple, image_size: int, curve_file: Path | None = None) -> None:
+    """An ACPPO round: checkpoints/<round>, rollouts/<round> (its successes), its curve."""
+    write_checkpoint(checkpoint_dir(round_name, data), policy, meta)
+    with atomic_directory(rollouts_dir(round_name, data)) as tmp:
+        by_task: dict = {}
+        for ep in successes:  # collection order within each task
+            by_task.setdefault(ep.task, []).append(ep)
+        write_snapshot(tmp, by_task, cameras, (image_size, image_size, 3),
+                       {"source": round_name, "kind": "rollout successes"})
+    write_json_atomic(curve_file or curve_path(data, round_name), curve)
+
+
+def write_round_buffer(data: Path, round_name: str, buffer, source: Path | None, filtered: set[str],
+                       provenance: dict, cameras: tuple, image_size: int) -> dict:
+    """buffers/<round>: the self-BC buffer or iRe-VLA's D_RL after a round; returns its manifest."""
+    with atomic_directory(buffer_dir(round_name, data)) as tmp:
+        return write_buffer(tmp, buffer, source, filtered, provenance, tuple(cameras), (image_size, image_size, 3))
