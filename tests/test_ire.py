@@ -8,7 +8,7 @@ import pytest
 import yaml
 from safetensors.numpy import load_file
 
-from tests.conftest import invoke, tiny_data_root, tiny_raw
+from tests.conftest import invoke as invoke_stage, tiny_data_root, tiny_raw
 from vla_pipeline.config import parse_params
 from vla_pipeline.data.snapshot import load_snapshot, read_manifest
 from vla_pipeline.data.windows import ChunkWindows
@@ -27,7 +27,7 @@ TRUNK_EXCLUDED = ("action_head.", "value_head.", "action_log_std")
 
 
 def invoke(*args):
-    return invoke(args)
+    return invoke_stage(args)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from tests.conftest import invoke, tiny_data_root, tiny_raw
+from tests.conftest import invoke as invoke_stage, tiny_data_root, tiny_raw
 from vla_pipeline.checkpoint import load_policy
 from vla_pipeline.config import OfflineConfig, parse_params
 from vla_pipeline.data.snapshot import load_snapshot
@@ -232,7 +232,7 @@ def test_offline_runs_are_checked_at_load():
 
 
 def invoke(*args):
-    return invoke(args)
+    return invoke_stage(args)
 
 
 def test_offline_command_writes_policy_critic_and_curve(tmp_path, tiny_demos, tiny_checkpoint):
