@@ -10,7 +10,8 @@ from vla_pipeline.envs.chunk_env import ChunkEnv, EpisodeQueue, execute_chunk
 from vla_pipeline.envs.experts import make_expert
 from vla_pipeline.envs.rendering import BlackFrameError
 from vla_pipeline.envs.sim import TaskSim
-from vla_pipeline.envs.tasks import CAMERAS, EpisodeSpec, split_configurations
+from vla_pipeline.envs.tasks import EpisodeSpec, split_configurations
+from vla_pipeline.metaworld_names import CAMERAS
 from vla_pipeline.evaluation import evaluation_episodes
 
 ENV = EnvConfig(suite="custom", tasks=["reach-v3", "drawer-close-v3"], image_size=64, max_episode_steps=150,

@@ -14,7 +14,7 @@ import mujoco
 import numpy as np
 
 from vla_pipeline.config import RenderConfig
-from vla_pipeline.envs.tasks import ROTATED_CAMERAS, check_camera_name
+from vla_pipeline.metaworld_names import ROTATED_CAMERAS, check_camera_name
 from vla_pipeline.errors import PipelineError
 
 
