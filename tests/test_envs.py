@@ -185,7 +185,7 @@ def test_test_split_shares_no_configuration_with_train_or_validation():
     from vla_pipeline.config import load_params
     from vla_pipeline.demos import demo_episodes
     from vla_pipeline.envs.sim import configuration_vector
-    from vla_pipeline.rl.trainer import training_queues
+    from vla_pipeline.training.ppo.trainer import training_queues
     from tests.conftest import ROOT
 
     params = load_params(ROOT / "params.yaml")

@@ -16,7 +16,7 @@ from vla_pipeline.data.snapshot import load_snapshot, read_manifest
 from vla_pipeline.data.windows import ChunkWindows
 from vla_pipeline.errors import PipelineError
 from vla_pipeline.evaluation import demo_configurations
-from vla_pipeline.rl.ire import MixedWindows
+from vla_pipeline.training.ire import MixedWindows
 
 runner = CliRunner()
 

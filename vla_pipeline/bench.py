@@ -115,7 +115,7 @@ def bench_params(params: Params) -> Params:
     the first train seed's 50 configurations only. Placements do not change the speed, but each
     further (task, seed) pair costs ~1 s of MetaWorld construction per process, which a short
     benchmark would count as stepping time."""
-    from vla_pipeline.rl.trainer import training_env_config
+    from vla_pipeline.training.ppo.trainer import training_env_config
 
     env = training_env_config(params).model_copy(update={"train_seeds": list(params.env.train_seeds[:1])})
     return params.model_copy(update={"env": env})
@@ -508,14 +508,14 @@ def _open_every_task(envs, num_tasks: int) -> None:
 def _collector_job(params_raw: dict, chunk_len: int, vector: str, num_envs: int, steps: int, repeats: int,
                    seed: int) -> dict:
     """PPO's rollout path: make_chunk_vector_env + ChunkCollector.collect with the policy acting
-    on one torch thread, as rl/trainer.run_round does."""
+    on one torch thread, as training/ppo/trainer.run_round does."""
     import torch
 
     from vla_pipeline.envs.tasks import resolve_tasks
     from vla_pipeline.envs.vector import make_chunk_vector_env
     from vla_pipeline.parallel import acting_threads
-    from vla_pipeline.rl.rollout import ChunkCollector
-    from vla_pipeline.rl.trainer import training_queues
+    from vla_pipeline.training.ppo.rollout import ChunkCollector
+    from vla_pipeline.training.ppo.trainer import training_queues
 
     params = Params.model_validate(params_raw)
     torch.manual_seed(seed)
@@ -547,7 +547,7 @@ def _sft_job(params_raw: dict, demos: str, steps: int, batch_size: int, repeats:
     from vla_pipeline.data.windows import ChunkWindows
     from vla_pipeline.envs.tasks import resolve_tasks
     from vla_pipeline.parallel import torch_threads
-    from vla_pipeline.sft import train_on_windows
+    from vla_pipeline.training.supervised import train_on_windows
 
     params = Params.model_validate(params_raw)
     cfg = params.sft.model_copy(update={"steps": steps, "batch_size": batch_size, "validate_every": 0,
@@ -579,8 +579,8 @@ def _ppo_job(params_raw: dict, demos: str, decisions: int, repeats: int, seed: i
     import torch
 
     from vla_pipeline.parallel import torch_threads
-    from vla_pipeline.rl.rounds import open_buffer
-    from vla_pipeline.rl.trainer import PPOTrainer
+    from vla_pipeline.training.rounds import open_buffer
+    from vla_pipeline.training.ppo.trainer import PPOTrainer
 
     params = Params.model_validate(params_raw)
     ppo = params.ppo.model_copy(update={"target_kl": None,
@@ -611,8 +611,8 @@ def _rollout_batch(params: Params, policy, decisions: int, seed: int):
 
     from vla_pipeline.envs.vector import make_chunk_vector_env
     from vla_pipeline.parallel import acting_threads
-    from vla_pipeline.rl.rollout import ChunkCollector
-    from vla_pipeline.rl.trainer import training_queues
+    from vla_pipeline.training.ppo.rollout import ChunkCollector
+    from vla_pipeline.training.ppo.trainer import training_queues
 
     ppo, k = params.ppo, policy.config.chunk_len
     envs = make_chunk_vector_env(params.env, k, ppo.gamma, training_queues(params, 1, seed), "sync")

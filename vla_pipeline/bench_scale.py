@@ -101,7 +101,7 @@ class PolicyWorker:
         from vla_pipeline.bench import _open_every_task, _random_policy
         from vla_pipeline.envs.tasks import resolve_tasks
         from vla_pipeline.envs.vector import make_chunk_vector_env
-        from vla_pipeline.rl.rollout import ChunkCollector
+        from vla_pipeline.training.ppo.rollout import ChunkCollector
 
         torch.set_num_threads(1)
         params = Params.model_validate(params_raw)
@@ -124,7 +124,7 @@ def _policy_in_workers_job(params_raw: dict, workers: int, chunk_len: int, steps
 
     from vla_pipeline.bench import _random_policy
     from vla_pipeline.envs.ray_vector import start_ray
-    from vla_pipeline.rl.trainer import training_queues
+    from vla_pipeline.training.ppo.trainer import training_queues
 
     params = Params.model_validate(params_raw)
     start_ray(params.env.ray, workers)
@@ -174,7 +174,7 @@ def _rank_main(argv: Optional[list[str]] = None) -> None:
     from vla_pipeline.data.snapshot import load_snapshot
     from vla_pipeline.data.windows import ChunkWindows
     from vla_pipeline.envs.tasks import resolve_tasks
-    from vla_pipeline.sft import sft_step
+    from vla_pipeline.training.supervised import sft_step
 
     parser = argparse.ArgumentParser()
     for flag in ("--params", "--demos", "--out"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from vla_pipeline.constants import SPLITS
 from vla_pipeline.errors import PipelineError

@@ -24,14 +24,14 @@ from vla_pipeline.envs.vector import make_chunk_vector_env
 from vla_pipeline.errors import PipelineError
 from vla_pipeline.parallel import acting_threads
 from vla_pipeline.policies.vla import VLAPolicy
-from vla_pipeline.rl.bc import batch_to_tensors, bc_loss_on_batch
-from vla_pipeline.rl.buffer import SelfBCBuffer
-from vla_pipeline.rl.curriculum import TaskCurriculum
-from vla_pipeline.rl.ppo import chunk_log_prob, explained_variance, ppo_loss, step_log_probs
-from vla_pipeline.rl.rollout import ChunkCollector
-from vla_pipeline.rl.rounds import round_seed
-from vla_pipeline.rl.storage import RolloutBatch
-from vla_pipeline.rl.weighting import BCWeight
+from vla_pipeline.training.behaviour_cloning import batch_to_tensors, bc_loss_on_batch
+from vla_pipeline.training.ppo.bc_weight import BCWeight
+from vla_pipeline.training.ppo.curriculum import TaskCurriculum
+from vla_pipeline.training.ppo.loss import chunk_log_prob, explained_variance, ppo_loss, step_log_probs
+from vla_pipeline.training.ppo.rollout import ChunkCollector
+from vla_pipeline.training.ppo.rollout_batch import RolloutBatch
+from vla_pipeline.training.rounds import round_seed
+from vla_pipeline.training.success_buffer import SelfBCBuffer
 
 HEAD_MODULES = ("action_head", "estimate_to_action")
 VALUE_MODULES = ("value_head",)

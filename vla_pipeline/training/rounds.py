@@ -12,7 +12,7 @@ from vla_pipeline.config import Params
 from vla_pipeline.data.episode import Episode
 from vla_pipeline.data.snapshot import load_episodes, read_manifest, write_snapshot
 from vla_pipeline.errors import PipelineError
-from vla_pipeline.rl.buffer import SelfBCBuffer
+from vla_pipeline.training.success_buffer import SelfBCBuffer
 
 DATA = Path("data")
 
