@@ -229,7 +229,8 @@ def test_parsing_params_with_task_names_leaves_metaworld_unimported():
 
     code = ("import sys\n"
             "from vla_pipeline.config import parse_params\n"
-            "parse_params({'env': {'suite': 'custom', 'tasks': ['reach-v3']}, 'sft': {'task_weights': {'reach-v3': 2}}})\n"
+            "parse_params({'env': {'suite': 'custom', 'tasks': ['reach-v3']},\n"
+            "              'sft': {'task_weights': {'reach-v3': 2}}})\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('metaworld', 'mujoco')"
             " or m.startswith('vla_pipeline.envs')))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)

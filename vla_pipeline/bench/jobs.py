@@ -135,7 +135,7 @@ def _collector_job(params_raw: dict, chunk_len: int, vector: str, num_envs: int,
 
 
 def _sft_job(params_raw: dict, demos: str, steps: int, batch_size: int, repeats: int, seed: int) -> dict:
-    """sft.train_on_windows on the demo windows, set up as train_sft does (normalisation from the
+    """supervised.train_on_windows on the demo windows, set up as train_sft does (normalisation from the
     demos, task-balanced windows); no validation rollouts."""
     import torch
 

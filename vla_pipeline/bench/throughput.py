@@ -183,15 +183,15 @@ def _plan(bench: Params, sizes: BenchSizes, demos_dir: Path) -> list[_Planned]:
 def _check_demos(path: Path, bench: Params) -> None:
     """A given snapshot must hold the frames and tasks the policy is built for (read from its
     manifest, before any measurement starts)."""
+    from vla_pipeline.data.schema import FrameLayout
     from vla_pipeline.data.snapshot import read_manifest, snapshot_layout
     from vla_pipeline.envs.tasks import resolve_tasks
 
     manifest = read_manifest(path)
-    cameras, shape = snapshot_layout(manifest)
-    size = bench.env.image_size
-    if list(cameras) != list(bench.env.cameras) or tuple(shape) != (size, size, 3):
-        raise PipelineError(f"{path} holds cameras {list(cameras)} at {shape[0]} px; the params ask for "
-                            f"env.cameras {list(bench.env.cameras)} at {size} px")
+    found, wanted = snapshot_layout(manifest), FrameLayout.of_env(bench.env)
+    if found != wanted:
+        raise PipelineError(f"{path} holds cameras {list(found.cameras)} at {found.image_shape[0]} px; the params ask "
+                            f"for env.cameras {list(wanted.cameras)} at {wanted.image_shape[0]} px")
     if set(manifest["tasks"]) != set(resolve_tasks(bench.env)):
         raise PipelineError(f"{path} holds demos of tasks {sorted(manifest['tasks'])}; the params' tasks are "
                             f"{sorted(resolve_tasks(bench.env))}")

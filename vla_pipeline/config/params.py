@@ -18,7 +18,8 @@ from vla_pipeline.config.base import Section
 from vla_pipeline.config.env import DemosConfig, EnvConfig, EvaluateConfig
 from vla_pipeline.config.policy import PolicyConfig
 from vla_pipeline.config.training import (
-    BCConfig, BufferConfig, IreConfig, IreRoundConfig, OfflineConfig, OfflineRunConfig, PPOConfig, RoundConfig, SFTConfig,
+    BCConfig, BufferConfig, IreConfig, IreRoundConfig, OfflineConfig, OfflineRunConfig, PPOConfig, RoundConfig,
+    SFTConfig,
 )
 from vla_pipeline.errors import PipelineError
 

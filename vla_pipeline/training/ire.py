@@ -1,7 +1,7 @@
 """iRe-VLA rounds (`ire_rounds` in params.yaml): RL with the trunk frozen, then supervised
 learning of the whole model on the demos plus D_RL, the RL successes.
 
-- `rl`: the chunked-PPO round (`trainer.run_round`) with `ppo.freeze_backbone`, the BC term
+- `rl`: the chunked-PPO round (`ppo.trainer.run_round`) with `ppo.freeze_backbone`, the BC term
   off and `ire.rl_iterations`; only the action head, its log-std and the critic train.
 - `ppo`: the same with the trunk trainable: the plain-RL baseline the paper calls unstable.
 - `sl`: the SFT loop (`supervised.train_on_windows`) on batches drawing `ire.sl_rl_fraction` from D_RL

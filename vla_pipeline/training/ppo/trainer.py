@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from vla_pipeline import distributed
 from vla_pipeline.config import EnvConfig, Params
 from vla_pipeline.data.episode import Episode
+from vla_pipeline.data.schema import FrameLayout
 from vla_pipeline.data.windows import ChunkWindows
 from vla_pipeline.envs.chunk_env import EpisodeQueue
 from vla_pipeline.envs.tasks import resolve_tasks, split_configurations
@@ -79,8 +80,7 @@ class PPOTrainer:
         self.trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
         bc = params.bc
         self.weight = BCWeight(bc.weight_rule, bc.weight, lr=bc.dual_lr, w_min=bc.weight_min, w_max=bc.weight_max)
-        self.image_shape = (params.env.image_size, params.env.image_size, 3)
-        self.cameras = tuple(params.env.cameras)
+        self.layout = FrameLayout.of_env(params.env)  # of the frames the BC buffer decodes
         self._windows: ChunkWindows | None = None
         self._windows_version = -1
         self.skipped = 0
@@ -90,7 +90,7 @@ class PPOTrainer:
         if not self.weight.active or len(self.buffer) == 0:
             return None
         if self._windows is None or self._windows_version != self.buffer.version:
-            table = self.buffer.step_table(self.cameras, self.image_shape)
+            table = self.buffer.step_table(*self.layout)
             self._windows = ChunkWindows(table, self.policy.config.chunk_len, self.policy.config.task_names,
                                          balance_tasks=self.params.bc.task_balance)
             self._windows_version = self.buffer.version
