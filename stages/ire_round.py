@@ -32,8 +32,8 @@ def ire_round(
     from vla_pipeline.fits import check_policy_fits_env, check_snapshot_fits_env
     from vla_pipeline.io import write_json_atomic
     from vla_pipeline.outputs import curve_path, write_checkpoint
-    from vla_pipeline.rl.ire import ire_round_item, open_d_rl, run_rl_round, run_sl_round
-    from vla_pipeline.rl.rounds import buffer_dir, checkpoint_dir, write_round_buffer
+    from vla_pipeline.training.ire import ire_round_item, open_d_rl, run_rl_round, run_sl_round
+    from vla_pipeline.training.rounds import buffer_dir, checkpoint_dir, write_round_buffer
 
     params = load_params(params_file)
     item = ire_round_item(params, round_name)

@@ -35,8 +35,9 @@ def offline(
     from vla_pipeline.fits import check_policy_fits_env, check_snapshot_fits_env
     from vla_pipeline.io import write_json_atomic
     from vla_pipeline.outputs import curve_path, write_checkpoint
-    from vla_pipeline.rl.offline import CRITIC_CONFIG_FILE, CRITIC_FILE, train_offline
-    from vla_pipeline.sft import validation_rollouts
+    from vla_pipeline.evaluation import validation_rollouts
+    from vla_pipeline.training.corft.critic import CRITIC_CONFIG_FILE, CRITIC_FILE
+    from vla_pipeline.training.corft.loop import train_offline
 
     params = load_params(params_file)
     cfg = params.offline_run(run_name)

@@ -29,8 +29,8 @@ def ppo(
     from vla_pipeline.data.snapshot import read_manifest
     from vla_pipeline.envs.tasks import resolve_tasks
     from vla_pipeline.fits import check_policy_fits_env, check_snapshot_fits_env
-    from vla_pipeline.rl.rounds import buffer_dir, checkpoint_dir, open_buffer, round_item, write_round
-    from vla_pipeline.rl.trainer import run_round
+    from vla_pipeline.training.rounds import buffer_dir, checkpoint_dir, open_buffer, round_item, write_round
+    from vla_pipeline.training.ppo.trainer import run_round
 
     params = load_params(params_file)
     item = round_item(params, round_name)

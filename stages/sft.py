@@ -11,11 +11,12 @@ from vla_pipeline.config import load_params
 from vla_pipeline.data.snapshot import load_snapshot
 from vla_pipeline.envs.tasks import resolve_tasks
 from vla_pipeline.errors import PipelineError
+from vla_pipeline.evaluation import validation_rollouts
 from vla_pipeline.fits import check_snapshot_fits_env
 from vla_pipeline.io import write_json_atomic
 from vla_pipeline.outputs import write_checkpoint
 from vla_pipeline.policies.factory import build_policy
-from vla_pipeline.sft import train_sft, validation_rollouts
+from vla_pipeline.training.supervised import train_sft
 
 app = stage_app(__doc__)
 

@@ -8,7 +8,7 @@ import typer
 from stages.common import PARAMS, echo_json, run, stage_app, user_errors
 from vla_pipeline.config import load_params
 from vla_pipeline.data.snapshot import load_episodes
-from vla_pipeline.rl.rounds import (buffer_dir, open_buffer, replay_successes, rollouts_dir, round_item,
+from vla_pipeline.training.rounds import (buffer_dir, open_buffer, replay_successes, rollouts_dir, round_item,
                                     write_round_buffer)
 
 app = stage_app(__doc__)

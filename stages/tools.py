@@ -35,7 +35,7 @@ def bench(
     the policy (sync / async, 1 / 2 workers, K = 1, 4, 8), SFT and PPO update samples/s, peak
     memory of each; medians of repeats and their ratios."""
     preflight.check_rendering()  # before the imports below load MuJoCo
-    from vla_pipeline.bench import BenchSizes, describe, run_bench
+    from vla_pipeline.bench.throughput import BenchSizes, describe, run_bench
 
     sizes = BenchSizes(repeats=repeats, raw_steps=raw_steps, collector_steps=collector_steps, sft_steps=sft_steps,
                        ppo_decisions=ppo_decisions)
@@ -56,7 +56,7 @@ def bench_scale(
     async workers, and SFT on 1 / 2 torchrun ranks (gloo on the CPU). Ray and gloo open
     sockets: run it in a private network namespace where that matters."""
     preflight.check_rendering()  # before the imports below load MuJoCo
-    from vla_pipeline.bench_scale import run_scale_bench
+    from vla_pipeline.bench.scale import run_scale_bench
 
     result = run_scale_bench(load_params(params_file), out, repeats, collector_steps, sft_steps, demos)
     echo_json({"ratios": result["ratios"], "total_seconds": result["total_seconds"]})

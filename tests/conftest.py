@@ -82,7 +82,7 @@ def tiny_checkpoint(tiny_demos, tmp_path_factory) -> Path:
     from vla_pipeline.envs.tasks import resolve_tasks
     from vla_pipeline.io import atomic_directory
     from vla_pipeline.policies.factory import build_policy
-    from vla_pipeline.sft import train_sft
+    from vla_pipeline.training.supervised import train_sft
 
     params = parse_params(tiny_raw())
     tasks = resolve_tasks(params.env)

@@ -12,9 +12,9 @@ from vla_pipeline import distributed
 from vla_pipeline.checkpoint import load_policy
 from vla_pipeline.config import parse_params
 from vla_pipeline.envs.vector import make_chunk_vector_env
-from vla_pipeline.rl.rollout import ChunkCollector
-from vla_pipeline.rl.rounds import open_buffer
-from vla_pipeline.rl.trainer import PPOTrainer, training_queues
+from vla_pipeline.training.ppo.rollout import ChunkCollector
+from vla_pipeline.training.rounds import open_buffer
+from vla_pipeline.training.ppo.trainer import PPOTrainer, training_queues
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import tiny_raw  # noqa: E402

@@ -12,8 +12,8 @@ from vla_pipeline.config import parse_params
 from vla_pipeline.envs.tasks import resolve_tasks
 from vla_pipeline.envs.vector import make_chunk_vector_env, sum_counters
 from vla_pipeline.policies.factory import build_policy
-from vla_pipeline.rl.rollout import ChunkCollector
-from vla_pipeline.rl.trainer import training_queues
+from vla_pipeline.training.ppo.rollout import ChunkCollector
+from vla_pipeline.training.ppo.trainer import training_queues
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 from conftest import tiny_raw  # noqa: E402

@@ -6,9 +6,10 @@ import statistics
 import pytest
 
 from tests.conftest import tiny_raw
-from vla_pipeline.bench import (
-    CHUNK_LENS, NUM_ENVS, VECTOR_MODES, BenchSizes, _run_in_child, _sft_job, collector_name, compute_ratios,
-    measurement_names, run_bench,
+from vla_pipeline.bench.jobs import _sft_job
+from vla_pipeline.bench.measure import _run_in_child
+from vla_pipeline.bench.throughput import (
+    CHUNK_LENS, NUM_ENVS, VECTOR_MODES, BenchSizes, collector_name, compute_ratios, measurement_names, run_bench,
 )
 from vla_pipeline.config import parse_params
 from vla_pipeline.errors import PipelineError

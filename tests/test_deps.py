@@ -22,7 +22,7 @@ def test_every_stage_depends_on_every_module_its_command_imports(probes):
     report = missing_deps(ROOT, cache=probes)
     assert not report, "\n" + format_report(report) + "\n(add these paths to the stage's deps in dvc.yaml)"
     assert {"check_params", "collect_demos", "sft", "evaluate", "ppo", "snapshot", "compare"} <= probes.keys()
-    assert all("vla_pipeline/config.py" in files for sub, files in probes.items() if sub not in ("compare", "offline_summary"))
+    assert all("vla_pipeline/config/params.py" in files for sub, files in probes.items() if sub not in ("compare", "offline_summary"))
 
 
 def test_no_stage_lists_code_it_does_not_run(probes):

@@ -162,7 +162,7 @@ def test_rank_blocks_cover_a_batch_once():
 def test_a_ranks_block_gets_the_shifts_of_the_whole_batch():
     import torch
 
-    from vla_pipeline.rl.bc import random_shift
+    from vla_pipeline.training.behaviour_cloning import random_shift
 
     pixels = torch.rand(6, 2, 3, 12, 12, generator=torch.Generator().manual_seed(0))  # 6 rows, 2 cameras
     whole = random_shift(pixels, 3, torch.Generator().manual_seed(5))

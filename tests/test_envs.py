@@ -10,8 +10,9 @@ from vla_pipeline.envs.chunk_env import ChunkEnv, EpisodeQueue, execute_chunk
 from vla_pipeline.envs.experts import make_expert
 from vla_pipeline.envs.rendering import BlackFrameError
 from vla_pipeline.envs.sim import TaskSim
-from vla_pipeline.envs.tasks import CAMERAS, EpisodeSpec, split_configurations
+from vla_pipeline.envs.tasks import EpisodeSpec, split_configurations
 from vla_pipeline.evaluation import evaluation_episodes
+from vla_pipeline.metaworld_names import CAMERAS, METAWORLD_TASKS
 
 ENV = EnvConfig(suite="custom", tasks=["reach-v3", "drawer-close-v3"], image_size=64, max_episode_steps=150,
                 vector="sync", num_envs=1)
@@ -62,6 +63,14 @@ def world_up_reference(sim: TaskSim, camera: str) -> np.ndarray:
     finally:
         renderer.close()
         model.vis.global_.fovy = fovy
+
+
+def test_the_plain_task_list_is_metaworlds_own():
+    """`metaworld_names` spells out MetaWorld's task list so that validating params does not
+    import MetaWorld; it must stay the installed MetaWorld's list, in its order."""
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+    assert list(METAWORLD_TASKS) == list(ALL_V3_ENVIRONMENTS)
 
 
 @pytest.mark.parametrize("camera", CAMERAS)
@@ -184,7 +193,7 @@ def test_test_split_shares_no_configuration_with_train_or_validation():
     from vla_pipeline.config import load_params
     from vla_pipeline.demos import demo_episodes
     from vla_pipeline.envs.sim import configuration_vector
-    from vla_pipeline.rl.trainer import training_queues
+    from vla_pipeline.training.ppo.trainer import training_queues
     from tests.conftest import ROOT
 
     params = load_params(ROOT / "params.yaml")

@@ -14,7 +14,7 @@ from vla_pipeline.data.snapshot import load_snapshot, read_manifest
 from vla_pipeline.data.windows import ChunkWindows
 from vla_pipeline.errors import PipelineError
 from vla_pipeline.evaluation import demo_configurations
-from vla_pipeline.rl.ire import MixedWindows
+from vla_pipeline.training.ire import MixedWindows
 
 
 PPO = {"decisions_per_iteration": 16, "epochs": 2, "minibatch_size": 8, "target_kl": None}

@@ -5,7 +5,7 @@ import torch
 
 from vla_pipeline.evaluation import EpisodeResult, build_metrics
 from vla_pipeline.stats import wilson_interval
-from vla_pipeline.rl.bc import masked_chunk_loss
+from vla_pipeline.training.behaviour_cloning import masked_chunk_loss
 
 
 def test_masked_mse_ignores_padded_steps():

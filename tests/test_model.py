@@ -169,7 +169,7 @@ def test_aux_state_head_is_a_target_never_an_input():
     """With policy.aux_state_weight the model predicts object + goal xyz; the state never changes
     its outputs, only the auxiliary loss (which is 0-weighted away without the head)."""
     from vla_pipeline import constants as C
-    from vla_pipeline.rl.bc import bc_loss_on_batch
+    from vla_pipeline.training.behaviour_cloning import bc_loss_on_batch
 
     policy = build(policy={"aux_state_weight": 1.0})
     o = obs()
@@ -193,7 +193,7 @@ def test_act_on_estimate_feeds_the_aux_estimate_to_the_action_and_never_the_stat
     """policy.act_on_estimate: the action chunk depends on the aux head's estimate (change only that
     head and the chunk changes; off, it does not), the MetaWorld state still never enters, the new
     MLP trains with the heads (so iRe-VLA's frozen RL phase trains it), and the flag round-trips."""
-    from vla_pipeline.rl.trainer import parameter_groups
+    from vla_pipeline.training.ppo.trainer import parameter_groups
 
     o = obs()
     moved = {**o, "state": o["state"] + 1.0}

@@ -14,10 +14,11 @@ from vla_pipeline.config import OfflineConfig, parse_params
 from vla_pipeline.data.snapshot import load_snapshot
 from vla_pipeline.data.windows import ChunkWindows
 from vla_pipeline.errors import PipelineError
-from vla_pipeline.rl.offline import (
-    ChunkCritic, cache_readouts, chunk_targets, conservative_penalty, step_rewards, td3_bc_actor_loss,
-    train_offline,
-)
+from vla_pipeline.training.corft.critic import ChunkCritic
+from vla_pipeline.training.corft.losses import conservative_penalty, td3_bc_actor_loss
+from vla_pipeline.training.corft.loop import train_offline
+from vla_pipeline.training.corft.readouts import cache_readouts
+from vla_pipeline.training.corft.targets import chunk_targets, step_rewards
 from vla_pipeline.stats import offline_summary, paired_relative_changes
 
 TINY_OFFLINE = {"steps": 8, "batch_size": 16, "log_every": 2, "validate_every": 4, "validation_episodes": 1,

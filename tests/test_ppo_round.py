@@ -100,7 +100,7 @@ def test_diverging_ppo_writes_no_checkpoint(round_dir, tmp_path):
 def test_failure_curriculum_and_short_training_horizon(round_dir, tmp_path, monkeypatch):
     """A round with tasks drawn by failure rate and a 6-step training horizon: with K=4 every
     episode's second chunk is cut by the time limit after 2 steps (sync envs)."""
-    from vla_pipeline.rl import trainer
+    from vla_pipeline.training.ppo import trainer
 
     built = []
 

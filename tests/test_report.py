@@ -223,7 +223,7 @@ def test_page_renders_in_headless_chromium(world, tmp_path):
 
 
 def test_benchmark_section_shows_medians_and_ratios_against_targets(world, tmp_path):
-    from vla_pipeline.bench import compute_ratios, measurement_names
+    from vla_pipeline.bench.throughput import compute_ratios, measurement_names
 
     metrics, videos, params = world
     measurements = {name: {"median": 100.0 + i, "unit": "env_steps/s", "peak_rss_mib": 700.0}

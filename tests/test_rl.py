@@ -10,11 +10,11 @@ from tests.test_data import CAMERAS, fake_episode
 from vla_pipeline.data.snapshot import decode_steps, episodes_to_table
 from vla_pipeline.envs.chunk_env import EpisodeQueue
 from vla_pipeline.envs.tasks import Configuration
-from vla_pipeline.rl.buffer import SelfBCBuffer
-from vla_pipeline.rl.curriculum import TaskCurriculum
-from vla_pipeline.rl.ppo import chunk_log_prob, ppo_loss
-from vla_pipeline.rl.storage import chunk_gae
-from vla_pipeline.rl.weighting import BCWeight
+from vla_pipeline.training.success_buffer import SelfBCBuffer
+from vla_pipeline.training.ppo.curriculum import TaskCurriculum
+from vla_pipeline.training.ppo.loss import chunk_log_prob, ppo_loss
+from vla_pipeline.training.ppo.rollout_batch import chunk_gae
+from vla_pipeline.training.ppo.bc_weight import BCWeight
 
 G, L = 0.9, 0.5
 
@@ -228,7 +228,7 @@ def test_uncertain_curriculum_weights_are_p_times_one_minus_p_floored():
 def test_every_round_draws_its_own_random_streams():
     from tests.conftest import tiny_raw
     from vla_pipeline.config import parse_params
-    from vla_pipeline.rl.rounds import round_seed
+    from vla_pipeline.training.rounds import round_seed
 
     params = parse_params(tiny_raw(rounds={"r01": {"policy_in": "sft", "buffer_in": "demos"},
                                            "r02": {"policy_in": "r01", "buffer_in": "r01"}}))
@@ -239,7 +239,7 @@ def test_every_round_draws_its_own_random_streams():
 
 
 def test_random_shift_is_a_crop_of_the_replicate_padded_image():
-    from vla_pipeline.rl.bc import random_shift
+    from vla_pipeline.training.behaviour_cloning import random_shift
 
     image = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(1, 2, 1, 3, 4)  # (B, V, C, H, W)
     generator = torch.Generator().manual_seed(0)

@@ -19,13 +19,13 @@ from vla_pipeline.data.snapshot import decode_steps, episodes_to_table
 from vla_pipeline.envs.tasks import resolve_tasks
 from vla_pipeline.envs.vector import make_chunk_vector_env
 from vla_pipeline.policies.factory import build_policy
-from vla_pipeline.rl.buffer import SelfBCBuffer
-from vla_pipeline.rl.ppo import step_log_probs
-from vla_pipeline.rl.rollout import ChunkCollector
-from vla_pipeline.rl.storage import RolloutBatch
-from vla_pipeline.rl.trainer import PPOTrainer, training_queues
-from vla_pipeline.rl.bc import batch_to_tensors, bc_loss_on_batch
-from vla_pipeline.sft import train_sft
+from vla_pipeline.training.success_buffer import SelfBCBuffer
+from vla_pipeline.training.ppo.loss import step_log_probs
+from vla_pipeline.training.ppo.rollout import ChunkCollector
+from vla_pipeline.training.ppo.rollout_batch import RolloutBatch
+from vla_pipeline.training.ppo.trainer import PPOTrainer, training_queues
+from vla_pipeline.training.behaviour_cloning import batch_to_tensors, bc_loss_on_batch
+from vla_pipeline.training.supervised import train_sft
 
 SIZE, K, A = 32, 4, 4  # tiny profile: 32 px frames, chunks of 4 actions of 4 dims
 FULL, CUT = [1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0]  # a cut chunk ran 2 of its 4 steps
@@ -314,7 +314,7 @@ def test_sft_early_stopping_keeps_the_best_validation_weights():
 
 def test_ema_average_warms_its_decay_up_and_copies_integer_buffers():
     """After n updates the decay is min(decay, (1 + n) / (10 + n)): 2/11 at n = 1, then the cap."""
-    from vla_pipeline.sft import ema_average
+    from vla_pipeline.training.supervised import ema_average
 
     average = ema_average(0.9)
     kept, new = [torch.tensor([1.0])], [torch.tensor([3.0])]

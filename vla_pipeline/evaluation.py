@@ -16,12 +16,12 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from vla_pipeline.config import EnvConfig, EvaluateConfig
+from vla_pipeline.config import EnvConfig, EvaluateConfig, Params
 from vla_pipeline.envs.chunk_env import ChunkEnv, EpisodeQueue
 from vla_pipeline.envs.experts import run_expert_episode
 from vla_pipeline.envs.sim import TaskSim
@@ -254,6 +254,24 @@ def evaluate_policy(policy, env_cfg: EnvConfig, eval_cfg: EvaluateConfig, splits
             return run_episodes(envs, act, len(episodes), desc=desc)
     finally:
         envs.close()
+
+
+def validation_rollouts(params: Params, episodes: Optional[int] = None,
+                        desc: str = "sft validation") -> Callable[..., dict]:
+    """Roll the policy out on the first `episodes` (default `sft.validation_episodes`) validation
+    configurations per task: the `validate` callback (`training.supervised.Validator`) of SFT's
+    early stopping and of CO-RFT's choice of the kept weights."""
+    count = params.sft.validation_episodes if episodes is None else episodes
+    eval_cfg = params.evaluate.model_copy(update={"episodes_validation": count})
+
+    def validate(policy) -> dict:
+        results, _ = evaluate_policy(policy, params.env, eval_cfg, ["validation"], desc=desc)
+        tasks = sorted({r.task for r in results})
+        per_task = [np.mean([r.success for r in results if r.task == t]) for t in tasks]
+        wins = [r.steps_to_success for r in results if r.success]
+        return {"success": float(np.mean(per_task)), "steps_to_success": float(np.mean(wins)) if wins else None}
+
+    return validate
 
 
 def evaluate_expert(env_cfg: EnvConfig, eval_cfg: EvaluateConfig, splits: Sequence[str] = SPLITS,

@@ -6,7 +6,7 @@ beside its index, and MetaWorld's state (for privileged diagnosis only).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import pyarrow as pa
 
@@ -18,6 +18,20 @@ META_SCHEMA = b"vla_pipeline.schema"
 META_VERSION = b"vla_pipeline.schema_version"
 META_IMAGE_SHAPE = b"vla_pipeline.image_shape"
 META_CAMERAS = b"vla_pipeline.cameras"
+
+
+class FrameLayout(NamedTuple):
+    """What every stored frame holds: one image per camera, in this order, of this shape.
+
+    A tuple, so `cameras, image_shape = layout` unpacks it; `of_env` is the layout the env
+    settings render (what a snapshot or a checkpoint must match)."""
+
+    cameras: tuple[str, ...]
+    image_shape: tuple[int, int, int]
+
+    @classmethod
+    def of_env(cls, env) -> "FrameLayout":
+        return cls(tuple(env.cameras), (env.image_size, env.image_size, 3))
 
 
 def buffer_schema(cameras: Sequence[str], image_shape: tuple[int, int, int]) -> pa.Schema:

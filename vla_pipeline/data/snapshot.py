@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from vla_pipeline import constants as C
 from vla_pipeline.data.episode import Episode, decode_png
 from vla_pipeline.data.schema import (
-    META_CAMERAS, META_SCHEMA, META_VERSION, SCHEMA_NAME, SCHEMA_VERSION, buffer_schema,
+    META_CAMERAS, META_SCHEMA, META_VERSION, SCHEMA_NAME, SCHEMA_VERSION, FrameLayout, buffer_schema,
 )
 from vla_pipeline.errors import PipelineError
 from vla_pipeline.io import read_json, write_json_atomic
@@ -159,9 +159,9 @@ def read_manifest(snapshot_dir: Path) -> dict:
     return manifest
 
 
-def snapshot_layout(manifest: dict) -> tuple[tuple[str, ...], tuple[int, int, int]]:
+def snapshot_layout(manifest: dict) -> FrameLayout:
     """(cameras, image shape) of a snapshot."""
-    return tuple(manifest["cameras"]), tuple(manifest["image_shape"])
+    return FrameLayout(tuple(manifest["cameras"]), tuple(manifest["image_shape"]))
 
 
 def _check_shard_schema(path: Path, schema: pa.Schema, expected: pa.Schema) -> None:

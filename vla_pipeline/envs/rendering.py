@@ -8,14 +8,12 @@ One renderer (one GL context) serves every camera of the env.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
-
 import mujoco
 import numpy as np
 
-from vla_pipeline.config import RenderConfig
-from vla_pipeline.envs.tasks import ROTATED_CAMERAS, check_camera_name
+from vla_pipeline.config import EnvConfig
 from vla_pipeline.errors import PipelineError
+from vla_pipeline.metaworld_names import ROTATED_CAMERAS, check_camera_name
 
 
 class BlackFrameError(PipelineError):
@@ -33,10 +31,13 @@ def _gl_hint(exc: Exception) -> PipelineError:
 
 
 class FrameRenderer:
-    """Renders one frame per camera, right way up: (V, size, size, 3) uint8."""
+    """Renders one frame per camera, right way up: (V, size, size, 3) uint8.
 
-    def __init__(self, model: mujoco.MjModel, cameras: Sequence[str], size: int, render: RenderConfig,
-                 fovy: Mapping[str, float] | None = None):
+    The camera layout comes from the env settings: `cameras` in order, `image_size`,
+    `camera_fovy` and the `render` options."""
+
+    def __init__(self, model: mujoco.MjModel, env: EnvConfig):
+        cameras, size, render, fovy = env.cameras, env.image_size, env.render, env.camera_fovy
         for camera in cameras:
             check_camera_name(camera)
             camera_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)

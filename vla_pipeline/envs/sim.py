@@ -54,7 +54,7 @@ class TaskSim:
         self.cfg = cfg
         self.env = env_cls()
         self.renderer = (
-            FrameRenderer(self.env.model, cfg.cameras, cfg.image_size, cfg.render, cfg.camera_fovy)
+            FrameRenderer(self.env.model, cfg)
             if render else None
         )
         self.t = 0

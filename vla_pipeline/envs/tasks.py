@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from vla_pipeline.constants import SPLITS
 from vla_pipeline.errors import PipelineError
+from vla_pipeline.metaworld_names import check_task_names
 
 if TYPE_CHECKING:
     from vla_pipeline.config import EnvConfig
@@ -40,32 +40,6 @@ NATURAL_INSTRUCTIONS = {
     "window-open-v3": "slide the window open",
     "window-close-v3": "slide the window closed",
 }
-
-CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
-# These cameras' "up" axis points down in the world: frames must be rotated by 180 degrees.
-ROTATED_CAMERAS = frozenset({"corner", "corner2", "corner3", "corner4"})
-
-
-def all_task_names() -> list[str]:
-    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
-
-    return list(ALL_V3_ENVIRONMENTS)
-
-
-def check_task_names(tasks: Sequence[str]) -> None:
-    known = all_task_names()
-    for task in tasks:
-        if task not in known:
-            hint = difflib.get_close_matches(task, known, n=1)
-            suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
-            raise ValueError(f"unknown MetaWorld task '{task}'{suggestion}")
-
-
-def check_camera_name(camera: str) -> None:
-    # A misspelled name can silently fall back to another camera: refuse it here.
-    if camera not in CAMERAS:
-        raise ValueError(f"unknown camera '{camera}'; choose one of {', '.join(CAMERAS)}")
-
 
 def instruction_for(task: str, style: str = "natural") -> str:
     if style == "natural" and task in NATURAL_INSTRUCTIONS:

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from vla_pipeline import distributed
 from vla_pipeline.config import EnvConfig, Params
 from vla_pipeline.data.episode import Episode
+from vla_pipeline.data.schema import FrameLayout
 from vla_pipeline.data.windows import ChunkWindows
 from vla_pipeline.envs.chunk_env import EpisodeQueue
 from vla_pipeline.envs.tasks import resolve_tasks, split_configurations
@@ -24,14 +25,14 @@ from vla_pipeline.envs.vector import make_chunk_vector_env
 from vla_pipeline.errors import PipelineError
 from vla_pipeline.parallel import acting_threads
 from vla_pipeline.policies.vla import VLAPolicy
-from vla_pipeline.rl.bc import batch_to_tensors, bc_loss_on_batch
-from vla_pipeline.rl.buffer import SelfBCBuffer
-from vla_pipeline.rl.curriculum import TaskCurriculum
-from vla_pipeline.rl.ppo import chunk_log_prob, explained_variance, ppo_loss, step_log_probs
-from vla_pipeline.rl.rollout import ChunkCollector
-from vla_pipeline.rl.rounds import round_seed
-from vla_pipeline.rl.storage import RolloutBatch
-from vla_pipeline.rl.weighting import BCWeight
+from vla_pipeline.training.behaviour_cloning import batch_to_tensors, bc_loss_on_batch
+from vla_pipeline.training.ppo.bc_weight import BCWeight
+from vla_pipeline.training.ppo.curriculum import TaskCurriculum
+from vla_pipeline.training.ppo.loss import chunk_log_prob, explained_variance, ppo_loss, step_log_probs
+from vla_pipeline.training.ppo.rollout import ChunkCollector
+from vla_pipeline.training.ppo.rollout_batch import RolloutBatch
+from vla_pipeline.training.rounds import round_seed
+from vla_pipeline.training.success_buffer import SelfBCBuffer
 
 HEAD_MODULES = ("action_head", "estimate_to_action")
 VALUE_MODULES = ("value_head",)
@@ -79,8 +80,7 @@ class PPOTrainer:
         self.trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
         bc = params.bc
         self.weight = BCWeight(bc.weight_rule, bc.weight, lr=bc.dual_lr, w_min=bc.weight_min, w_max=bc.weight_max)
-        self.image_shape = (params.env.image_size, params.env.image_size, 3)
-        self.cameras = tuple(params.env.cameras)
+        self.layout = FrameLayout.of_env(params.env)  # of the frames the BC buffer decodes
         self._windows: ChunkWindows | None = None
         self._windows_version = -1
         self.skipped = 0
@@ -90,7 +90,7 @@ class PPOTrainer:
         if not self.weight.active or len(self.buffer) == 0:
             return None
         if self._windows is None or self._windows_version != self.buffer.version:
-            table = self.buffer.step_table(self.cameras, self.image_shape)
+            table = self.buffer.step_table(*self.layout)
             self._windows = ChunkWindows(table, self.policy.config.chunk_len, self.policy.config.task_names,
                                          balance_tasks=self.params.bc.task_balance)
             self._windows_version = self.buffer.version

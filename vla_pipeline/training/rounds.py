@@ -14,7 +14,7 @@ from vla_pipeline.data.snapshot import load_episodes, read_manifest, write_snaps
 from vla_pipeline.errors import PipelineError
 from vla_pipeline.io import atomic_directory, write_json_atomic
 from vla_pipeline.outputs import curve_path, write_checkpoint
-from vla_pipeline.rl.buffer import SelfBCBuffer
+from vla_pipeline.training.success_buffer import SelfBCBuffer
 
 DATA = Path("data")
 

@@ -25,7 +25,7 @@ from vla_pipeline.data.snapshot import StepTable
 from vla_pipeline.data.windows import ChunkWindows
 from vla_pipeline.errors import PipelineError
 from vla_pipeline.policies.vla import VLAPolicy
-from vla_pipeline.rl.bc import batch_to_tensors, bc_loss_on_batch
+from vla_pipeline.training.behaviour_cloning import batch_to_tensors, bc_loss_on_batch
 
 Validator = Callable[[VLAPolicy], dict]  # -> {"success": MT10 mean, ...}
 
@@ -37,24 +37,6 @@ class TrainResult:
     final_loss: float
     best_step: int  # the step whose weights were kept
     validation: Optional[dict] = None  # the kept weights' validation result
-
-
-def validation_rollouts(params: Params, episodes: Optional[int] = None, desc: str = "sft validation") -> Validator:
-    """Roll the policy out on the first `episodes` (default `sft.validation_episodes`) validation
-    configurations per task."""
-    from vla_pipeline.evaluation import evaluate_policy
-
-    count = params.sft.validation_episodes if episodes is None else episodes
-    eval_cfg = params.evaluate.model_copy(update={"episodes_validation": count})
-
-    def validate(policy: VLAPolicy) -> dict:
-        results, _ = evaluate_policy(policy, params.env, eval_cfg, ["validation"], desc=desc)
-        tasks = sorted({r.task for r in results})
-        per_task = [np.mean([r.success for r in results if r.task == t]) for t in tasks]
-        wins = [r.steps_to_success for r in results if r.success]
-        return {"success": float(np.mean(per_task)), "steps_to_success": float(np.mean(wins)) if wins else None}
-
-    return validate
 
 
 def train_sft(policy: VLAPolicy, table: StepTable, params: Params, validate: Optional[Validator] = None) -> TrainResult:

@@ -1,10 +1,10 @@
 """iRe-VLA rounds (`ire_rounds` in params.yaml): RL with the trunk frozen, then supervised
 learning of the whole model on the demos plus D_RL, the RL successes.
 
-- `rl`: the chunked-PPO round (`trainer.run_round`) with `ppo.freeze_backbone`, the BC term
+- `rl`: the chunked-PPO round (`ppo.trainer.run_round`) with `ppo.freeze_backbone`, the BC term
   off and `ire.rl_iterations`; only the action head, its log-std and the critic train.
 - `ppo`: the same with the trunk trainable: the plain-RL baseline the paper calls unstable.
-- `sl`: the SFT loop (`sft.train_on_windows`) on batches drawing `ire.sl_rl_fraction` from D_RL
+- `sl`: the SFT loop (`supervised.train_on_windows`) on batches drawing `ire.sl_rl_fraction` from D_RL
   and the rest from the demos; the normalisation stays the warm start's.
 
 D_RL is a `SelfBCBuffer` keyed per (task, variation) that keeps the shortest
@@ -25,8 +25,8 @@ from vla_pipeline.data.snapshot import StepTable
 from vla_pipeline.data.windows import ChunkWindows
 from vla_pipeline.errors import PipelineError
 from vla_pipeline.policies.vla import VLAPolicy
-from vla_pipeline.rl.buffer import SelfBCBuffer
-from vla_pipeline.rl.rounds import seed_from_snapshot, stream_seed
+from vla_pipeline.training.success_buffer import SelfBCBuffer
+from vla_pipeline.training.rounds import seed_from_snapshot, stream_seed
 
 
 def ire_round_item(params: Params, round_name: str) -> IreRoundConfig:
@@ -73,7 +73,7 @@ def reset_critic(policy: VLAPolicy, seed: int) -> None:
 
 def run_rl_round(policy: VLAPolicy, d_rl: SelfBCBuffer, params: Params, round_name: str, kind: str):
     """One RL round; its successes enter `d_rl`. Returns the trainer's RoundResult."""
-    from vla_pipeline.rl.trainer import run_round
+    from vla_pipeline.training.ppo.trainer import run_round
 
     if params.ire.critic == "fresh":
         reset_critic(policy, ire_seed(params, round_name) + 1)
@@ -116,7 +116,7 @@ def sl_config(params: Params, round_name: str):
 
 def run_sl_round(policy: VLAPolicy, demos: StepTable, d_rl: Optional[StepTable], params: Params, round_name: str):
     """Supervised learning of the whole model on demos + D_RL (SFT's loss and loop)."""
-    from vla_pipeline.sft import train_on_windows
+    from vla_pipeline.training.supervised import train_on_windows
 
     cfg = sl_config(params, round_name)
     chunk, names = policy.config.chunk_len, policy.config.task_names

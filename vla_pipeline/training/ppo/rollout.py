@@ -13,7 +13,7 @@ import torch
 from vla_pipeline import constants as C
 from vla_pipeline.data.episode import Episode, encode_views
 from vla_pipeline.envs.vector import reset_done
-from vla_pipeline.rl.storage import RolloutBatch, chunk_gae
+from vla_pipeline.training.ppo.rollout_batch import RolloutBatch, chunk_gae
 
 
 def add_chunk(episode: Episode, frames: tuple[bytes, ...], info: dict, i: int, steps: int) -> None:

@@ -23,8 +23,11 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from vla_pipeline.bench import (ENV_STEPS_PER_S, SAMPLES_PER_S, _collector_job, _demos_job, _measure, _Planned,
-                                _repeat, _run_in_child, _summary_line, bench_params, machine_facts)
+from vla_pipeline.bench.jobs import _collector_job, _demos_job
+from vla_pipeline.bench.measure import (
+    ENV_STEPS_PER_S, SAMPLES_PER_S, _measure, _Planned, _repeat, _run_in_child, _summary_line, machine_facts,
+)
+from vla_pipeline.bench.throughput import bench_params
 from vla_pipeline.config import Params
 from vla_pipeline.distributed import threads_per_rank
 from vla_pipeline.errors import PipelineError
@@ -98,10 +101,10 @@ class PolicyWorker:
     def __init__(self, params_raw: dict, chunk_len: int, queue, seed: int):
         import torch
 
-        from vla_pipeline.bench import _open_every_task, _random_policy
+        from vla_pipeline.bench.jobs import _open_every_task, _random_policy
         from vla_pipeline.envs.tasks import resolve_tasks
         from vla_pipeline.envs.vector import make_chunk_vector_env
-        from vla_pipeline.rl.rollout import ChunkCollector
+        from vla_pipeline.training.ppo.rollout import ChunkCollector
 
         torch.set_num_threads(1)
         params = Params.model_validate(params_raw)
@@ -122,9 +125,9 @@ def _policy_in_workers_job(params_raw: dict, workers: int, chunk_len: int, steps
     import ray
     import torch
 
-    from vla_pipeline.bench import _random_policy
+    from vla_pipeline.bench.jobs import _random_policy
     from vla_pipeline.envs.ray_vector import start_ray
-    from vla_pipeline.rl.trainer import training_queues
+    from vla_pipeline.training.ppo.trainer import training_queues
 
     params = Params.model_validate(params_raw)
     start_ray(params.env.ray, workers)
@@ -152,7 +155,7 @@ def _data_parallel_sft_job(params_raw: dict, demos: str, ranks: int, steps: int,
         params_file, result_file = Path(tmp) / "params.json", Path(tmp) / "result.json"
         params_file.write_text(json.dumps(params_raw))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(ranks),
-               "--master-addr", "127.0.0.1", "--master-port", "29541", "-m", "vla_pipeline.bench_scale",
+               "--master-addr", "127.0.0.1", "--master-port", "29541", "-m", "vla_pipeline.bench.scale",
                "--params", str(params_file), "--demos", demos, "--steps", str(steps), "--repeats", str(repeats),
                "--out", str(result_file)]
         env = dict(os.environ, MASTER_ADDR="127.0.0.1", GLOO_SOCKET_IFNAME=os.environ.get("GLOO_SOCKET_IFNAME", "lo"))
@@ -170,11 +173,11 @@ def _rank_main(argv: Optional[list[str]] = None) -> None:
     import torch
 
     from vla_pipeline import distributed
-    from vla_pipeline.bench import _random_policy
+    from vla_pipeline.bench.jobs import _random_policy
     from vla_pipeline.data.snapshot import load_snapshot
     from vla_pipeline.data.windows import ChunkWindows
     from vla_pipeline.envs.tasks import resolve_tasks
-    from vla_pipeline.sft import sft_step
+    from vla_pipeline.training.supervised import sft_step
 
     parser = argparse.ArgumentParser()
     for flag in ("--params", "--demos", "--out"):

@@ -1,0 +1,215 @@
+"""The whole params file: `Params`, its sections' names, and how a file is read and validated.
+
+Unknown keys, wrong types and impossible values fail before any work starts, with one
+message naming the file and the dotted key. Stages read only their own sections; the CLI
+carries paths and names, never hyper-parameters.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from vla_pipeline.config.base import Section
+from vla_pipeline.config.env import DemosConfig, EnvConfig, EvaluateConfig
+from vla_pipeline.config.policy import PolicyConfig
+from vla_pipeline.config.training import (
+    BCConfig, BufferConfig, IreConfig, IreRoundConfig, OfflineConfig, OfflineRunConfig, PPOConfig, RoundConfig,
+    SFTConfig,
+)
+from vla_pipeline.errors import PipelineError
+
+DEFAULT_PARAMS_FILE = "params.yaml"
+
+SECTIONS: dict[str, type[Section]] = {
+    "env": EnvConfig,
+    "demos": DemosConfig,
+    "policy": PolicyConfig,
+    "sft": SFTConfig,
+    "evaluate": EvaluateConfig,
+    "ppo": PPOConfig,
+    "bc": BCConfig,
+    "buffer": BufferConfig,
+    "rounds": RoundConfig,  # a mapping of round name -> RoundConfig
+    "ire": IreConfig,
+    "ire_rounds": IreRoundConfig,  # a mapping of round name -> IreRoundConfig
+    "offline_demos": DemosConfig,  # CO-RFT's small demo set
+    "offline": OfflineConfig,
+    "offline_runs": OfflineRunConfig,  # a mapping of run name -> OfflineRunConfig
+    "sft_offline": SFTConfig,  # keys of `sft` replaced for CO-RFT's imitation step
+}
+
+ROUND_NAME = r"^[a-z0-9][a-z0-9_-]*$"
+
+
+class Params(BaseModel):
+    """The whole params file, validated at once so a typo anywhere is caught early."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    env: EnvConfig = EnvConfig()
+    demos: DemosConfig = DemosConfig()
+    policy: PolicyConfig = PolicyConfig()
+    sft: SFTConfig = SFTConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    ppo: PPOConfig = PPOConfig()
+    bc: BCConfig = BCConfig()
+    buffer: BufferConfig = BufferConfig()
+    rounds: dict[str, RoundConfig] = Field(default_factory=dict)
+    ire: IreConfig = IreConfig()
+    ire_rounds: dict[str, IreRoundConfig] = Field(default_factory=dict)
+    offline_demos: DemosConfig = DemosConfig(episodes_per_task=50, frame_every=1, seed=1)
+    offline: OfflineConfig = OfflineConfig()
+    offline_runs: dict[str, OfflineRunConfig] = Field(default_factory=dict)
+    # CO-RFT's imitation step: keys of `sft` it sets otherwise (a small demo set wants other
+    # regularisation than the main one); {} = the `sft` recipe unchanged.
+    sft_offline: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _rounds_chain(self) -> "Params":
+        import re
+
+        for name, item in self.rounds.items():
+            if not re.match(ROUND_NAME, name) or name in ("sft", "demos", "expert"):
+                raise ValueError(f"rounds: bad round name {name!r} (lowercase letters, digits, - and _; "
+                                 "not sft/demos/expert)")
+            if item.policy_in in self.ire_rounds or item.buffer_in in self.ire_rounds:
+                raise ValueError(f"rounds.{name}: an ACPPO round starts from sft / demos or an ACPPO round, "
+                                 "not from an iRe-VLA round")
+            if item.policy_in != "sft" and item.policy_in not in self.rounds:
+                raise ValueError(f"rounds.{name}.policy_in: no round or checkpoint named {item.policy_in!r}")
+            if item.buffer_in != "demos" and item.buffer_in not in self.rounds:
+                raise ValueError(f"rounds.{name}.buffer_in: no round or snapshot named {item.buffer_in!r}")
+        for name in self.rounds:  # follow predecessors: a cycle never reaches sft/demos
+            seen, current = set(), name
+            while current in self.rounds:
+                if current in seen:
+                    raise ValueError(f"rounds: round {name!r} is part of a predecessor cycle")
+                seen.add(current)
+                current = self.rounds[current].policy_in
+        self._ire_chain()
+        self._offline_runs()
+        _with_overrides(self.sft, self.sft_offline, "sft_offline", "sft")
+        return self
+
+    def offline_run(self, name: str) -> OfflineConfig:
+        """The `offline` settings of run `name` (its `set` applied)."""
+        if name not in self.offline_runs:
+            raise PipelineError(f"unknown CO-RFT run {name!r}; params.yaml offline_runs has {sorted(self.offline_runs)}")
+        return _with_overrides(self.offline, self.offline_runs[name].set, f"offline_runs.{name}.set", "offline")
+
+    def sft_recipe(self, name: str = "sft") -> SFTConfig:
+        """The SFT settings of recipe `name`: `sft`, or `sft_offline` (CO-RFT's imitation step on
+        its small demo set: `sft` with the keys `sft_offline` names replaced)."""
+        if name == "sft":
+            return self.sft
+        if name == "sft_offline":
+            return _with_overrides(self.sft, self.sft_offline, "sft_offline", "sft")
+        raise PipelineError(f"unknown SFT recipe {name!r}; expected 'sft' or 'sft_offline'")
+
+    def _offline_runs(self) -> None:
+        import re
+
+        if self.offline.td_chunk > self.policy.chunk_len:
+            raise ValueError(f"offline.td_chunk ({self.offline.td_chunk}) is longer than the policy's chunk "
+                             f"(policy.chunk_len {self.policy.chunk_len})")
+        for name, item in self.offline_runs.items():
+            if not re.match(ROUND_NAME, name) or name in ("sft", "demos", "expert") \
+                    or name in self.rounds or name in self.ire_rounds:
+                raise ValueError(f"offline_runs: bad run name {name!r} (lowercase letters, digits, - and _; "
+                                 "not sft/demos/expert nor a round's name)")
+            merged = _with_overrides(self.offline, item.set, f"offline_runs.{name}.set", "offline")
+            if merged.td_chunk > self.policy.chunk_len:
+                raise ValueError(f"offline_runs.{name}.set.td_chunk ({merged.td_chunk}) is longer than the "
+                                 f"policy's chunk (policy.chunk_len {self.policy.chunk_len})")
+
+    def _ire_chain(self) -> None:
+        """iRe-VLA rounds: names apart from ACPPO's, predecessors earlier in the list, kinds that fit."""
+        import re
+
+        names = list(self.ire_rounds)
+        for i, (name, item) in enumerate(self.ire_rounds.items()):
+            where = f"ire_rounds.{name}"
+            if not re.match(ROUND_NAME, name) or name in ("sft", "demos", "expert") or name in self.rounds:
+                raise ValueError(f"ire_rounds: bad round name {name!r} (lowercase letters, digits, - and _; "
+                                 "not sft/demos/expert nor an ACPPO round's name)")
+            if item.policy_in != "sft" and item.policy_in not in names[:i]:
+                raise ValueError(f"{where}.policy_in: {item.policy_in!r} is neither sft nor an iRe-VLA round "
+                                 "listed before it")
+            if item.buffer_in != "demos" and item.buffer_in not in names[:i]:
+                raise ValueError(f"{where}.buffer_in: {item.buffer_in!r} is neither demos nor an iRe-VLA round "
+                                 "listed before it")
+            if item.kind == "sl" and item.buffer_in == "demos":
+                raise ValueError(f"{where}: an sl round learns from the demos plus an RL round's successes; "
+                                 "buffer_in must name an iRe-VLA round (its D_RL), not 'demos'")
+        unknown = [b for b in self.ire.baselines if b != "sft" and b not in self.rounds]
+        if unknown:
+            raise ValueError(f"ire.baselines: {unknown} are neither sft nor ACPPO rounds")
+
+
+def _with_overrides(base: Section, overrides: dict[str, Any], where: str, kind: str) -> Section:
+    """`base` with the keys of `overrides` replaced, validated as a whole; errors name `where`.<key>."""
+    model = type(base)
+    unknown = sorted(set(overrides) - set(model.model_fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown {kind} keys {unknown}")
+    try:
+        return model.model_validate({**base.model_dump(), **overrides})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise ValueError(f"{where}.{key}: {first['msg']} (got {first.get('input')!r})") from None
+
+
+def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names valid at `loc` (for 'did you mean' hints)."""
+    current: Any = model
+    for part in loc[:-1]:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = field.annotation
+    return list(getattr(current, "model_fields", {}))
+
+
+def _format_error(err: dict, source: str) -> str:
+    loc = tuple(p for p in err["loc"] if isinstance(p, (str, int)))
+    key = ".".join(str(p) for p in loc) or "<top level>"
+    if err["type"] == "extra_forbidden":
+        hint = difflib.get_close_matches(str(loc[-1]), _known_keys(Params, loc), n=1)
+        extra = f" (did you mean '{'.'.join(map(str, loc[:-1] + (hint[0],)))}'?)" if hint else ""
+        return f"{source}: unknown key '{key}'{extra}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if not loc:  # a check across sections: the message names its keys itself
+        return f"{source}: {msg}"
+    value = err.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    return f"{source}: {key}: {msg}{shown}"
+
+
+def parse_params(raw: Any, source: str = DEFAULT_PARAMS_FILE) -> Params:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_format_error(e, source) for e in exc.errors()]
+        raise PipelineError("invalid parameters:\n  " + "\n  ".join(lines)) from None
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS_FILE) -> Params:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PipelineError(f"params file not found: {path}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"{path}: not valid YAML: {exc}") from None
+    return parse_params(raw, source=str(path))

@@ -1,1 +1,0 @@
-"""RL and cloning objectives on action chunks."""
