@@ -249,3 +249,28 @@ def test_random_shift_is_a_crop_of_the_replicate_padded_image():
         padded = torch.nn.functional.pad(image[0, view], (1, 1, 1, 1), mode="replicate")
         assert torch.equal(shifted[0, view], padded[:, dy:dy + 3, dx:dx + 4])
     assert torch.equal(random_shift(image, 0, generator), image)
+
+
+def test_a_free_slot_takes_only_a_fast_success_when_admission_has_a_margin():
+    """Seeded with 50 / 60 / 70 steps (median 60): at margin 1.0 a 65-step success of a new
+    placement is refused and a 55-step one admitted; seeding itself is never filtered."""
+    buf = SelfBCBuffer("task_variation", capacity=1, admit_margin=1.0)
+    assert buf.seed([fake_episode("a-v3", n, seed=s) for n, s in ((50, 1), (70, 2), (60, 3))]) == set()
+    assert not buf.offer(fake_episode("a-v3", 65, seed=4))
+    assert buf.offer(fake_episode("a-v3", 55, seed=5))  # median now 57.5
+    assert not buf.offer(fake_episode("a-v3", 58, seed=6))
+    assert buf.offer(fake_episode("b-v3", 99, seed=7))  # no episode of its task yet: nothing to beat
+    assert buf.offer(fake_episode("a-v3", 40, seed=2))  # an occupied slot: strictly shorter still wins
+    assert sorted(ep.length for ep in buf.episodes() if ep.task == "a-v3") == [40, 50, 55, 60]
+    plain = SelfBCBuffer("task_variation", capacity=1)
+    plain.seed([fake_episode("a-v3", n, seed=s) for n, s in ((50, 1), (70, 2), (60, 3))])
+    assert plain.offer(fake_episode("a-v3", 65, seed=4))  # today's rule: any success into a free slot
+
+
+def test_the_buffer_prefers_the_shorter_of_two_successes_of_one_placement():
+    """Whatever the order they arrive in, a slot ends up holding the shorter success."""
+    for lengths in ((30, 20), (20, 30)):
+        buf = SelfBCBuffer("task_variation", capacity=1)
+        for n in lengths:
+            buf.offer(fake_episode("a-v3", n, seed=1))
+        assert [ep.length for ep in buf.episodes()] == [20]

@@ -140,6 +140,9 @@ class BufferConfig(Section):
     key: Literal["task_variation", "task"] = "task_variation"
     capacity: int = Field(1, ge=1)  # episodes per slot
     seed_with_demos: bool = True  # start from the demo snapshot (evicted by shorter successes)
+    # A success enters a free slot only if <= admit_margin x the median length of its task's
+    # episodes in the buffer; None: any success (the speed of the policy's own successes is cloned).
+    admit_margin: float | None = Field(None, gt=0)
 
 
 class RoundConfig(Section):

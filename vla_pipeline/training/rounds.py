@@ -55,7 +55,7 @@ def round_item(params: Params, round_name: str):
 
 def open_buffer(params: Params, buffer_in: str, snapshot: Path) -> tuple[SelfBCBuffer, set[str]]:
     """The buffer a round starts from; returns it and the tasks whose content was filtered."""
-    buffer = SelfBCBuffer(params.buffer.key, params.buffer.capacity)
+    buffer = SelfBCBuffer(params.buffer.key, params.buffer.capacity, params.buffer.admit_margin)
     if buffer_in == "demos" and not params.buffer.seed_with_demos:
         return buffer, set()
     return buffer, seed_from_snapshot(buffer, snapshot)
