@@ -7,6 +7,7 @@ import typer
 
 from stages.common import PARAMS, echo_json, run, stage_app, user_errors
 from vla_pipeline.config import load_params
+from vla_pipeline.constants import ROOT_BUFFERS
 from vla_pipeline.data.snapshot import load_episodes
 from vla_pipeline.training.rounds import (buffer_dir, open_buffer, replay_successes, rollouts_dir, round_item,
                                     write_round_buffer)
@@ -28,7 +29,7 @@ def snapshot(
     buffer, filtered = open_buffer(params, item.buffer_in, source)
     successes, _ = load_episodes(rollouts_dir(round_name, data))
     replay_successes(buffer, successes)
-    seeded = not (item.buffer_in == "demos" and not params.buffer.seed_with_demos)
+    seeded = not (item.buffer_in in ROOT_BUFFERS and not params.buffer.seed_with_demos)
     provenance = {"source": "self-bc buffer", "round": round_name, "buffer_in": item.buffer_in,
                   "buffer": params.buffer.model_dump()}
     manifest = write_round_buffer(data, round_name, buffer, source if seeded else None, filtered, provenance,

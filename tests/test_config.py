@@ -105,3 +105,14 @@ def test_the_offline_sft_recipe_is_checked_at_load():
     assert "sft_offline.augment_shift: Input should be greater than or equal to 0 (got -1)" in \
         error_of(tiny_raw(sft_offline={"augment_shift": -1}))
     assert "sft_offline.steps" in error_of(tiny_raw(sft_offline={"steps": 0}))
+
+
+def test_the_small_regime_names_its_roots_and_its_recipe():
+    """Rounds may start from sft-small / demos-small; sft_small's keys are checked like sft's."""
+    params = parse_params(tiny_raw(rounds={"s01": {"policy_in": "sft-small", "buffer_in": "demos-small"}},
+                                   demos_small={"episodes_per_task": 3}, sft_small={"steps": 7}))
+    assert params.sft_recipe("sft_small").steps == 7 and params.demos_small.episodes_per_task == 3
+    with pytest.raises(PipelineError, match="sft_small: unknown sft keys"):
+        parse_params(tiny_raw(sft_small={"stepz": 7}))
+    with pytest.raises(PipelineError, match="bad round name .sft-small."):
+        parse_params(tiny_raw(rounds={"sft-small": {"policy_in": "sft", "buffer_in": "demos"}}))

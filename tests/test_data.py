@@ -207,3 +207,19 @@ def test_demo_provenance_names_the_expert_only_when_it_is_not_metaworlds():
 
     assert "expert" not in demo_settings(DemosConfig())
     assert demo_settings(DemosConfig(expert="direct"))["expert"] == "direct"
+
+
+def test_the_small_demo_set_keeps_the_first_n_episodes_of_each_task(tmp_path, tiny_demos):
+    from vla_pipeline.data.snapshot import load_episodes
+    from vla_pipeline.demos import subset_demos
+
+    source, _ = load_episodes(tiny_demos)
+    manifest = subset_demos(tiny_demos, tmp_path, 1)
+    kept, _ = load_episodes(tmp_path)
+    assert sorted(kept) == sorted(source)
+    for task, episodes in kept.items():
+        assert [(ep.variation_seed, ep.variation) for ep in episodes] == [(ep.variation_seed, ep.variation)
+                                                                          for ep in source[task][:1]]
+        assert episodes[0].frames == source[task][0].frames  # the same PNG bytes: the same views
+        assert manifest["tasks"][task]["episodes"] == 1
+    assert manifest["provenance"]["episodes_per_task"] == 1

@@ -30,7 +30,8 @@ def test_repro_runs_everything_then_nothing_then_one_stage(repo):
                   "snapshot@r01", "evaluate_round@r01", "compare_round@r01", "ire_round@ire-rl1",
                   "ire_round@ire-sl1", "evaluate_ire@ire-sl1", "evaluate_groups@sft", "evaluate_groups@r01",
                   "compare_ire@ire-sl1", "collect_demos_offline", "sft_offline", "evaluate@sft-offline",
-                  "offline@corft", "evaluate_offline@corft", "offline_summary@corft", "report"):
+                  "offline@corft", "evaluate_offline@corft", "offline_summary@corft", "subset_demos", "sft_small",
+                  "evaluate@sft-small", "report"):
         assert f"Running stage '{stage}'" in first_stdout
     corft = json.loads((dest / "data/metrics/corft-corft.json").read_text())
     assert set(corft["runs"]["corft"]) == {"test", "validation"} and corft["paper"]["unseen_positions_success"] == 0.443
@@ -69,6 +70,21 @@ def test_repro_runs_everything_then_nothing_then_one_stage(repo):
     assert staged and all(name.startswith(("data/metrics/", "data/report/headline/")) and name.endswith(".json")
                           or name in ("data/report/summary.md", "data/report/.gitignore") for name in staged)
     assert "data/report/summary.md" in staged and "data/report/report.html" not in staged
+
+
+def test_the_small_regime_sft_sees_at_most_n_episodes_per_task(repo):
+    """sft-small trains on demos_small.episodes_per_task episodes per task (tiny: 1 of 2), and the
+    checkpoint records the demo counts it saw."""
+    import yaml
+
+    dest, _, _ = repo
+    n = yaml.safe_load((dest / "params.yaml").read_text())["demos_small"]["episodes_per_task"]
+    full = json.loads((dest / "data/checkpoints/sft/training_state.json").read_text())["demos"]
+    small = json.loads((dest / "data/checkpoints/sft-small/training_state.json").read_text())["demos"]
+    assert set(small) == set(full)
+    assert all(small[t]["episodes"] == min(n, full[t]["episodes"]) < full[t]["episodes"] for t in small)
+    counts = json.loads((dest / "data/metrics/demos-small.json").read_text())
+    assert counts["episodes_per_task"] == n and counts["total_episodes"] == n * len(small)
 
 
 def test_same_params_give_identical_buffers_and_metrics(repo):

@@ -136,7 +136,7 @@ def test_groups_split_train_configurations_by_demo(tiny_demos, tiny_params):
     ({"a": {"kind": "rl", "policy_in": "b", "buffer_in": "demos"},
       "b": {"kind": "rl", "policy_in": "sft", "buffer_in": "demos"}}, "listed before it"),
     ({"a": {"kind": "rl", "policy_in": "sft", "buffer_in": "nowhere"}}, "neither demos nor"),
-    ({"r01": {"kind": "rl", "policy_in": "sft", "buffer_in": "demos"}}, "not sft/demos/expert nor an ACPPO"),
+    ({"r01": {"kind": "rl", "policy_in": "sft", "buffer_in": "demos"}}, "not sft/sft-small/demos/demos-small/expert nor an ACPPO"),
     ({"a": {"kind": "rlx", "policy_in": "sft", "buffer_in": "demos"}}, "kind"),
 ])
 def test_bad_chains_are_refused(rounds, message):

@@ -48,3 +48,8 @@ PRIVILEGED_DIM = sum(b - a for a, b in PRIVILEGED_SLICES)
 # --- files ----------------------------------------------------------------------------
 MANIFEST_FILE = "manifest.json"
 TRAINING_STATE_FILE = "training_state.json"
+
+# Where a chain of rounds can start: the SFT checkpoints and the demo snapshots under data/.
+# `-small`: the small demonstration set (subset_demos stage) and the SFT trained on it.
+ROOT_CHECKPOINTS = ("sft", "sft-small")
+ROOT_BUFFERS = ("demos", "demos-small")

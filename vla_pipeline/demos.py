@@ -11,7 +11,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vla_pipeline.config import Params
-from vla_pipeline.data.snapshot import write_snapshot
+from vla_pipeline.data.snapshot import load_episodes, snapshot_layout, write_snapshot
 from vla_pipeline.envs.experts import run_expert_episode
 from vla_pipeline.envs.sim import TaskSim
 from vla_pipeline.envs.tasks import EpisodeSpec, instruction_for, resolve_tasks, split_configurations
@@ -150,3 +150,16 @@ def demo_counts(summary: dict) -> dict:
     manifest = summary["manifest"]
     return {"tasks": manifest["tasks"], "expert": summary["expert"], "total_episodes": manifest["total_episodes"],
             "total_steps": manifest["total_rows"]}
+
+
+def subset_demos(source: Path, out_dir: Path, episodes_per_task: int) -> dict:
+    """The first `episodes_per_task` episodes of each task of the demo snapshot `source`, in its
+    order, written as a snapshot into `out_dir` (an atomic temporary); returns the manifest.
+
+    A task with fewer episodes keeps all it has (the manifest's counts say so). Frames and
+    provenance are the source's, so a policy trained on the subset sees the same views."""
+    by_task, manifest = load_episodes(source)
+    layout = snapshot_layout(manifest)
+    provenance = {**manifest["provenance"], "subset_of": str(source), "episodes_per_task": episodes_per_task}
+    return write_snapshot(out_dir, {task: eps[:episodes_per_task] for task, eps in by_task.items()},
+                          layout.cameras, tuple(layout.image_shape), provenance)

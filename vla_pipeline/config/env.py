@@ -93,6 +93,13 @@ class EnvConfig(Section):
         return self
 
 
+class DemoSubsetConfig(Section):
+    """The small demonstration set (subset_demos stage): the first N episodes per task of the
+    main demo snapshot. Every method of the small-demo comparison starts from its SFT."""
+
+    episodes_per_task: int = Field(10, ge=1)
+
+
 class DemosConfig(Section):
     """Scripted-expert demonstrations (collect_demos stage), spread over the train configurations."""
 

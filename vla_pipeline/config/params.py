@@ -15,12 +15,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vla_pipeline.config.base import Section
-from vla_pipeline.config.env import DemosConfig, EnvConfig, EvaluateConfig
+from vla_pipeline.config.env import DemosConfig, DemoSubsetConfig, EnvConfig, EvaluateConfig
 from vla_pipeline.config.policy import PolicyConfig
 from vla_pipeline.config.training import (
     BCConfig, BufferConfig, IreConfig, IreRoundConfig, OfflineConfig, OfflineRunConfig, PPOConfig, RoundConfig,
     SFTConfig,
 )
+from vla_pipeline.constants import ROOT_BUFFERS, ROOT_CHECKPOINTS
 from vla_pipeline.errors import PipelineError
 
 DEFAULT_PARAMS_FILE = "params.yaml"
@@ -28,6 +29,7 @@ DEFAULT_PARAMS_FILE = "params.yaml"
 SECTIONS: dict[str, type[Section]] = {
     "env": EnvConfig,
     "demos": DemosConfig,
+    "demos_small": DemoSubsetConfig,  # the small demo set: a subset of `demos`
     "policy": PolicyConfig,
     "sft": SFTConfig,
     "evaluate": EvaluateConfig,
@@ -41,9 +43,14 @@ SECTIONS: dict[str, type[Section]] = {
     "offline": OfflineConfig,
     "offline_runs": OfflineRunConfig,  # a mapping of run name -> OfflineRunConfig
     "sft_offline": SFTConfig,  # keys of `sft` replaced for CO-RFT's imitation step
+    "sft_small": SFTConfig,  # keys of `sft` replaced for SFT on the small demo set
 }
 
+# The recipes of the sft stage: `sft`, or `sft` with the keys of one of these sections replaced.
+SFT_RECIPES = ("sft_offline", "sft_small")
+
 ROUND_NAME = r"^[a-z0-9][a-z0-9_-]*$"
+RESERVED_NAMES = (*ROOT_CHECKPOINTS, *ROOT_BUFFERS, "expert")  # names of data/ entries that are not rounds
 
 
 class Params(BaseModel):
@@ -67,21 +74,24 @@ class Params(BaseModel):
     # CO-RFT's imitation step: keys of `sft` it sets otherwise (a small demo set wants other
     # regularisation than the main one); {} = the `sft` recipe unchanged.
     sft_offline: dict[str, Any] = Field(default_factory=dict)
+    demos_small: DemoSubsetConfig = DemoSubsetConfig()
+    # SFT on the small demo set: keys of `sft` it sets otherwise; {} = the `sft` recipe unchanged.
+    sft_small: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _rounds_chain(self) -> "Params":
         import re
 
         for name, item in self.rounds.items():
-            if not re.match(ROUND_NAME, name) or name in ("sft", "demos", "expert"):
+            if not re.match(ROUND_NAME, name) or name in RESERVED_NAMES:
                 raise ValueError(f"rounds: bad round name {name!r} (lowercase letters, digits, - and _; "
-                                 "not sft/demos/expert)")
+                                 f"not {'/'.join(RESERVED_NAMES)})")
             if item.policy_in in self.ire_rounds or item.buffer_in in self.ire_rounds:
                 raise ValueError(f"rounds.{name}: an ACPPO round starts from sft / demos or an ACPPO round, "
                                  "not from an iRe-VLA round")
-            if item.policy_in != "sft" and item.policy_in not in self.rounds:
+            if item.policy_in not in ROOT_CHECKPOINTS and item.policy_in not in self.rounds:
                 raise ValueError(f"rounds.{name}.policy_in: no round or checkpoint named {item.policy_in!r}")
-            if item.buffer_in != "demos" and item.buffer_in not in self.rounds:
+            if item.buffer_in not in ROOT_BUFFERS and item.buffer_in not in self.rounds:
                 raise ValueError(f"rounds.{name}.buffer_in: no round or snapshot named {item.buffer_in!r}")
         for name in self.rounds:  # follow predecessors: a cycle never reaches sft/demos
             seen, current = set(), name
@@ -92,7 +102,8 @@ class Params(BaseModel):
                 current = self.rounds[current].policy_in
         self._ire_chain()
         self._offline_runs()
-        _with_overrides(self.sft, self.sft_offline, "sft_offline", "sft")
+        for recipe in SFT_RECIPES:
+            self.sft_recipe(recipe)  # a bad key or value in a recipe fails here, not in its stage
         return self
 
     def offline_run(self, name: str) -> OfflineConfig:
@@ -102,13 +113,13 @@ class Params(BaseModel):
         return _with_overrides(self.offline, self.offline_runs[name].set, f"offline_runs.{name}.set", "offline")
 
     def sft_recipe(self, name: str = "sft") -> SFTConfig:
-        """The SFT settings of recipe `name`: `sft`, or `sft_offline` (CO-RFT's imitation step on
-        its small demo set: `sft` with the keys `sft_offline` names replaced)."""
+        """The SFT settings of recipe `name`: `sft`, `sft_offline` (CO-RFT's imitation step on its
+        demo set) or `sft_small` (the small demo set): `sft` with the keys that section names replaced."""
         if name == "sft":
             return self.sft
-        if name == "sft_offline":
-            return _with_overrides(self.sft, self.sft_offline, "sft_offline", "sft")
-        raise PipelineError(f"unknown SFT recipe {name!r}; expected 'sft' or 'sft_offline'")
+        if name in SFT_RECIPES:
+            return _with_overrides(self.sft, getattr(self, name), name, "sft")
+        raise PipelineError(f"unknown SFT recipe {name!r}; expected 'sft', {', '.join(map(repr, SFT_RECIPES))}")
 
     def _offline_runs(self) -> None:
         import re
@@ -117,10 +128,10 @@ class Params(BaseModel):
             raise ValueError(f"offline.td_chunk ({self.offline.td_chunk}) is longer than the policy's chunk "
                              f"(policy.chunk_len {self.policy.chunk_len})")
         for name, item in self.offline_runs.items():
-            if not re.match(ROUND_NAME, name) or name in ("sft", "demos", "expert") \
+            if not re.match(ROUND_NAME, name) or name in RESERVED_NAMES \
                     or name in self.rounds or name in self.ire_rounds:
                 raise ValueError(f"offline_runs: bad run name {name!r} (lowercase letters, digits, - and _; "
-                                 "not sft/demos/expert nor a round's name)")
+                                 f"not {'/'.join(RESERVED_NAMES)} nor a round's name)")
             merged = _with_overrides(self.offline, item.set, f"offline_runs.{name}.set", "offline")
             if merged.td_chunk > self.policy.chunk_len:
                 raise ValueError(f"offline_runs.{name}.set.td_chunk ({merged.td_chunk}) is longer than the "
@@ -133,12 +144,12 @@ class Params(BaseModel):
         names = list(self.ire_rounds)
         for i, (name, item) in enumerate(self.ire_rounds.items()):
             where = f"ire_rounds.{name}"
-            if not re.match(ROUND_NAME, name) or name in ("sft", "demos", "expert") or name in self.rounds:
+            if not re.match(ROUND_NAME, name) or name in RESERVED_NAMES or name in self.rounds:
                 raise ValueError(f"ire_rounds: bad round name {name!r} (lowercase letters, digits, - and _; "
-                                 "not sft/demos/expert nor an ACPPO round's name)")
-            if item.policy_in != "sft" and item.policy_in not in names[:i]:
-                raise ValueError(f"{where}.policy_in: {item.policy_in!r} is neither sft nor an iRe-VLA round "
-                                 "listed before it")
+                                 f"not {'/'.join(RESERVED_NAMES)} nor an ACPPO round's name)")
+            if item.policy_in not in ROOT_CHECKPOINTS and item.policy_in not in names[:i]:
+                raise ValueError(f"{where}.policy_in: {item.policy_in!r} is neither {' / '.join(ROOT_CHECKPOINTS)} "
+                                 "nor an iRe-VLA round listed before it")
             if item.buffer_in != "demos" and item.buffer_in not in names[:i]:
                 raise ValueError(f"{where}.buffer_in: {item.buffer_in!r} is neither demos nor an iRe-VLA round "
                                  "listed before it")

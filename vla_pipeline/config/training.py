@@ -146,8 +146,8 @@ class BufferConfig(Section):
 
 
 class RoundConfig(Section):
-    policy_in: str  # "sft" or an earlier round
-    buffer_in: str  # "demos" or an earlier round
+    policy_in: str  # "sft", "sft-small" or an earlier round
+    buffer_in: str  # "demos", "demos-small" or an earlier round
     test: bool = False  # also evaluate on the test split (the final round); else validation only
 
 
@@ -187,7 +187,7 @@ IRE_KINDS = ("rl", "sl", "ppo")
 class IreRoundConfig(Section):
     # rl: PPO with the trunk frozen, no BC; sl: supervised on demos + D_RL; ppo: the unfrozen baseline
     kind: Literal["rl", "sl", "ppo"]
-    policy_in: str  # "sft" or an earlier iRe-VLA round
+    policy_in: str  # "sft", "sft-small" or an earlier iRe-VLA round
     buffer_in: str  # an earlier iRe-VLA round's D_RL; "demos" starts an empty D_RL (rl / ppo only)
     test: bool = False  # also evaluate on the test split (a chain's final round)
 

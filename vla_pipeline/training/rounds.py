@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vla_pipeline.config import Params
+from vla_pipeline.constants import ROOT_BUFFERS
 from vla_pipeline.data.episode import Episode
 from vla_pipeline.data.snapshot import load_episodes, read_manifest, write_snapshot
 from vla_pipeline.errors import PipelineError
@@ -56,7 +57,7 @@ def round_item(params: Params, round_name: str):
 def open_buffer(params: Params, buffer_in: str, snapshot: Path) -> tuple[SelfBCBuffer, set[str]]:
     """The buffer a round starts from; returns it and the tasks whose content was filtered."""
     buffer = SelfBCBuffer(params.buffer.key, params.buffer.capacity, params.buffer.admit_margin)
-    if buffer_in == "demos" and not params.buffer.seed_with_demos:
+    if buffer_in in ROOT_BUFFERS and not params.buffer.seed_with_demos:
         return buffer, set()
     return buffer, seed_from_snapshot(buffer, snapshot)
 
