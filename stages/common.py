@@ -19,7 +19,7 @@ import typer
 
 from vla_pipeline.constants import REPORTED
 from vla_pipeline.errors import PipelineError
-from vla_pipeline.io import sweep_stale_temporaries
+from vla_pipeline.io import replaced_outputs, sweep_stale_temporaries
 
 PARAMS = typer.Option(Path("params.yaml"), "--params", help="Params file (validated as a whole).")
 DATA_PARALLEL = ("sft", "ppo")  # the commands that run as torchrun ranks (README)
@@ -47,18 +47,37 @@ def user_errors(fn: Callable) -> Callable:
                 sweep_stale_temporaries(Path(os.environ["DVC_ROOT"]) / "data")
             return fn(*args, **kwargs)
         except PipelineError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {exc}{outputs_state('; ', write_error=str(exc).startswith('could not write'))}",
+                       err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            typer.echo(f"interrupted: {name} stopped; its unfinished outputs were discarded, earlier ones are intact",
+            typer.echo(f"interrupted: {name} stopped; its unfinished outputs were discarded{outputs_state(', ')}",
                        err=True)
             raise typer.Exit(130) from None
         except Terminated:
-            typer.echo(f"terminated: {name} stopped by SIGTERM; its unfinished outputs were discarded, "
-                       "earlier ones are intact", err=True)
+            typer.echo(f"terminated: {name} stopped by SIGTERM; its unfinished outputs were discarded"
+                       f"{outputs_state(', ')}", err=True)
             raise typer.Exit(143) from None
 
     return wrapper
+
+
+def outputs_state(sep: str, write_error: bool = True) -> str:
+    """What became of the stage's earlier outputs, as true as this process knows it.
+
+    Under DVC (`DVC_ROOT` set) DVC removed the stage's outputs before the command started:
+    they are in DVC's cache, not on disk. Outside DVC, outputs this process renamed into place
+    are named; otherwise they are intact (said for interrupts and write errors, where the
+    question arises)."""
+    if os.environ.get("DVC_ROOT"):
+        stage = os.environ.get("DVC_STAGE")
+        target = f"`dvc checkout {stage}`" if stage else "`dvc checkout <stage>`"
+        return (f"{sep}DVC removed this stage's outputs before it started: {target} restores the last committed "
+                "ones from DVC's cache (so does the next `dvc repro` that succeeds)")
+    replaced = replaced_outputs()
+    if replaced:
+        return f"{sep}already replaced: {', '.join(map(str, replaced))}"
+    return f"{sep}earlier outputs are intact" if write_error else ""
 
 
 def refuse_ranks_unless_supported(name: str) -> None:
