@@ -72,8 +72,9 @@ def outputs_state(sep: str, write_error: bool = True) -> str:
     if os.environ.get("DVC_ROOT"):
         stage = os.environ.get("DVC_STAGE")
         target = f"`dvc checkout {stage}`" if stage else "`dvc checkout <stage>`"
-        return (f"{sep}DVC removed this stage's outputs before it started: {target} restores the last committed "
-                "ones from DVC's cache (so does the next `dvc repro` that succeeds)")
+        return (f"{sep}DVC removed this stage's outputs before it started: {target} restores the committed ones "
+                "from DVC's cache and `git checkout -- data/metrics` its uncached metrics (the next `dvc repro` "
+                "that succeeds brings them back too)")
     replaced = replaced_outputs()
     if replaced:
         return f"{sep}already replaced: {', '.join(map(str, replaced))}"
