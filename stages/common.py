@@ -19,7 +19,7 @@ import typer
 
 from vla_pipeline.constants import REPORTED
 from vla_pipeline.errors import PipelineError
-from vla_pipeline.io import replaced_outputs, sweep_stale_temporaries
+from vla_pipeline.io import forget_replaced, replaced_outputs, sweep_stale_temporaries
 
 PARAMS = typer.Option(Path("params.yaml"), "--params", help="Params file (validated as a whole).")
 DATA_PARALLEL = ("sft", "ppo")  # the commands that run as torchrun ranks (README)
@@ -42,6 +42,7 @@ def user_errors(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         name = command_name(fn)
         try:
+            forget_replaced()
             refuse_ranks_unless_supported(name)
             if os.environ.get("DVC_ROOT"):
                 sweep_stale_temporaries(Path(os.environ["DVC_ROOT"]) / "data")

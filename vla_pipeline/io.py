@@ -47,6 +47,8 @@ def _explain_os_error(exc: OSError, path: Path) -> PipelineError:
         errno.EACCES: "permission denied",
         errno.EPERM: "operation not permitted",
         errno.EROFS: "the file system is read-only",
+        errno.EEXIST: "a file is in the way of its folder",
+        errno.ENOTDIR: "a file is in the way of its folder",
     }.get(exc.errno, exc.strerror or str(exc))
     # What became of the other outputs is said by the stage's error handler (stages/common.py),
     # from `replaced_outputs()` and whether DVC removed them: only it knows.
@@ -62,6 +64,11 @@ _TRANSACTION: contextvars.ContextVar = contextvars.ContextVar("stage_outputs", d
 def replaced_outputs() -> list[Path]:
     """The outputs this process has already renamed into place, in order."""
     return list(_REPLACED)
+
+
+def forget_replaced() -> None:
+    """A stage command starts counting afresh (several run in one process under tests)."""
+    _REPLACED.clear()
 
 
 def check_writable(*paths: str | Path) -> None:
