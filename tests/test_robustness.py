@@ -234,9 +234,14 @@ def test_messages_outside_dvc_say_intact_only_when_true(monkeypatch):
 
 def test_a_killed_env_worker_ends_the_round_with_one_line_naming_it(tmp_path, round_data):
     proc, err, workers = start_long_round(tmp_path, round_data)
-    victim = workers[0]
+    victim = next(p for p in workers if "spawn_main" in " ".join(p.cmdline()))  # an env worker, not the tracker
     victim.kill()
-    assert proc.wait(timeout=120) == 1
+    try:
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert code == 1, err.read_text(errors="replace")
     text = err.read_text(errors="replace")
     line = one_line(text)
     assert "env worker process died" in line and f"pid {victim.pid}" in line and "rerun" in line, text
