@@ -48,22 +48,22 @@ def user_errors(fn: Callable) -> Callable:
                 sweep_stale_temporaries(Path(os.environ["DVC_ROOT"]) / "data")
             return fn(*args, **kwargs)
         except PipelineError as exc:
-            typer.echo(f"error: {exc}{outputs_state('; ', write_error=str(exc).startswith('could not write'))}",
+            typer.echo(f"error: {exc}{outputs_state('; ', str(exc).startswith('could not write'), name)}",
                        err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            typer.echo(f"interrupted: {name} stopped; its unfinished outputs were discarded{outputs_state(', ')}",
+            typer.echo(f"interrupted: {name} stopped; its unfinished outputs were discarded{outputs_state(', ', name=name)}",
                        err=True)
             raise typer.Exit(130) from None
         except Terminated:
             typer.echo(f"terminated: {name} stopped by SIGTERM; its unfinished outputs were discarded"
-                       f"{outputs_state(', ')}", err=True)
+                       f"{outputs_state(', ', name=name)}", err=True)
             raise typer.Exit(143) from None
 
     return wrapper
 
 
-def outputs_state(sep: str, write_error: bool = True) -> str:
+def outputs_state(sep: str, write_error: bool = True, name: str = "") -> str:
     """What became of the stage's earlier outputs, as true as this process knows it.
 
     Under DVC (`DVC_ROOT` set) DVC removed the stage's outputs before the command started:
@@ -73,6 +73,9 @@ def outputs_state(sep: str, write_error: bool = True) -> str:
     if os.environ.get("DVC_ROOT"):
         stage = os.environ.get("DVC_STAGE")
         target = f"`dvc checkout {stage}`" if stage else "`dvc checkout <stage>`"
+        if name == "check-params":  # its only output is the stamp; no other stage has run
+            return (f"{sep}no other stage ran and no other output was deleted; DVC removed only this stage's stamp "
+                    f"(data/checks/params.ok), which {target} or the next valid `dvc repro` restores")
         return (f"{sep}DVC removed this stage's outputs before it started: {target} restores the committed ones "
                 "from DVC's cache and `git checkout -- data/metrics` its uncached metrics (the next `dvc repro` "
                 "that succeeds brings them back too)")
