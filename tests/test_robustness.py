@@ -55,9 +55,9 @@ def test_unwritable_curve_is_refused_before_training_and_replaces_nothing(tmp_pa
     blocked.write_text("a file where the curve's folder should be\n")  # root ignores chmod: unwritable for root
     result = invoke([*args, "--curve", str(blocked / "train-sft.json")])
     assert result.exit_code == 1, result.output
+    assert files(data) == before, "the checkpoint was replaced although the stage failed"
     line = one_line(result.output)
     assert f"could not write {blocked / 'train-sft.json'}" in line and "earlier outputs are intact" in line, line
-    assert files(data) == before
 
 
 def test_a_write_failing_after_others_were_written_replaces_none(tmp_path, tiny_demos, tiny_checkpoint,
@@ -69,13 +69,13 @@ def test_a_write_failing_after_others_were_written_replaces_none(tmp_path, tiny_
     data, args = sft_world(tmp_path, tiny_demos, tiny_checkpoint)
     before = files(data)
     blocked = tmp_path / "blocked"
-    monkeypatch.setattr(io, "check_writable", lambda *paths: None)  # the up-front check did not see it coming
+    monkeypatch.setattr(io, "check_writable", lambda *paths: None, raising=False)  # it did not see it coming
     blocked.write_text("a file where the curve's folder should be\n")
     result = invoke([*args, "--curve", str(blocked / "train-sft.json")])
     assert result.exit_code == 1, result.output
+    assert files(data) == before, "the checkpoint was replaced although the stage failed"
     line = one_line(result.output)
     assert "could not write" in line and "earlier outputs are intact" in line, line
-    assert files(data) == before
     assert not [p for p in (data / "checkpoints").iterdir() if p.name != "sft"]  # no temporary left
 
 
@@ -155,6 +155,7 @@ def set_param(repo: Path, section: str, **values) -> None:
 
 
 @pytest.mark.parametrize("section, values, key", [
+    ("sft", {"steps": 0}, "sft.steps"),  # rejected before issue 41 too: the message is what changed
     ("sft", {"lr": 1.0e6}, "sft.lr"),
     ("ppo", {"lr": 1.0e6}, "ppo.lr"),
     ("ppo", {"head_lr": 1.0e6}, "ppo.head_lr"),
