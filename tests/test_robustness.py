@@ -276,6 +276,16 @@ def test_kill_9_of_collect_demos_leaves_no_process(tmp_path):
     assert not (tmp_path / "demos").exists() and not (tmp_path / "demos.json").exists()
 
 
+def test_kill_9_of_a_ppo_round_leaves_no_process_after_5_s(tmp_path, round_data):
+    proc, err, tree = start_long_round(tmp_path, round_data)  # env workers and the resource tracker
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    gone, alive = psutil.wait_procs(tree, timeout=5)
+    for p in alive:
+        p.kill()
+    assert not alive, f"processes outlived the killed stage: {[(p.pid, p.name()) for p in alive]}"
+
+
 # ---------------------------------------- 7. a diverged checkpoint is refused when loaded
 
 @pytest.mark.parametrize("name, value, words", [("nan", float("nan"), "non-finite"),
