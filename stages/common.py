@@ -52,8 +52,8 @@ def user_errors(fn: Callable) -> Callable:
                        err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            typer.echo(f"interrupted: {name} stopped; its unfinished outputs were discarded{outputs_state(', ', name=name)}",
-                       err=True)
+            typer.echo(f"interrupted: {name} stopped; its unfinished outputs were discarded"
+                       f"{outputs_state(', ', name=name)}", err=True)
             raise typer.Exit(130) from None
         except Terminated:
             typer.echo(f"terminated: {name} stopped by SIGTERM; its unfinished outputs were discarded"

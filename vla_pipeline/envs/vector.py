@@ -101,7 +101,8 @@ def _worker(*args) -> None:
     """gymnasium's worker, minus the noise when the main process goes away.
 
     Ctrl-C reaches every process of the terminal's group: workers ignore it and the main
-    process stops them. When the main process is killed, a worker's pipe breaks: it exits
+    process stops them. When the main process is killed, the worker dies with it
+    (lifetime.die_with_parent), or its pipe breaks first: it exits
     silently instead of printing two tracebacks that nobody can act on.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
