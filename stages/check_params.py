@@ -19,7 +19,8 @@ app = stage_app(__doc__)
 def check_params(
     params_file: Path = PARAMS,
     machine: bool = typer.Option(True, "--machine/--file-only",
-                                 help="Also check that this machine has the devices and OpenGL the params need."),
+                                 help="Also check that this machine has the devices and OpenGL the params need, and that "
+                                      "a Ray address (env.vector: ray) answers."),
     out: Path = typer.Option(None, help="Write a constant stamp here when valid (the DVC stage every stage follows)."),
 ):
     """Validate a params file and print it with every default filled in."""
@@ -27,6 +28,7 @@ def check_params(
     if machine:
         preflight.check_devices(params)
         preflight.check_rendering()
+        preflight.check_ray_address(params)
     if out is not None:
         write_text_atomic(out, "valid\n")
     echo_json(params.model_dump())

@@ -9,7 +9,7 @@ from stages.common import PARAMS, echo_json, run, stage_app, user_errors
 from vla_pipeline import preflight
 from vla_pipeline.config import load_params
 from vla_pipeline.errors import PipelineError
-from vla_pipeline.io import atomic_directory, write_json_atomic
+from vla_pipeline.io import StageOutputs, atomic_directory, write_json_atomic
 
 app = stage_app(__doc__)
 SECTIONS = ("demos", "offline_demos")
@@ -31,9 +31,10 @@ def collect_demos(
     from vla_pipeline.demos import collect_demos as collect, demo_counts
 
     params = load_params(params_file)
-    with atomic_directory(out) as tmp:
-        summary = collect(params, tmp, section)
-    write_json_atomic(metrics, demo_counts(summary))
+    with StageOutputs(out, metrics):  # snapshot and counts: both or neither (checked writable first)
+        with atomic_directory(out) as tmp:
+            summary = collect(params, tmp, section)
+        write_json_atomic(metrics, demo_counts(summary))
     echo_json({k: summary[k] for k in ("env_steps", "renders", "wall_seconds", "env_steps_per_s",
                                        "renders_per_s", "renders_per_s_per_worker")})
 

@@ -19,7 +19,7 @@ import typer
 
 from vla_pipeline.constants import REPORTED
 from vla_pipeline.errors import PipelineError
-from vla_pipeline.io import sweep_stale_temporaries
+from vla_pipeline.io import forget_replaced, replaced_outputs, sweep_stale_temporaries
 
 PARAMS = typer.Option(Path("params.yaml"), "--params", help="Params file (validated as a whole).")
 DATA_PARALLEL = ("sft", "ppo")  # the commands that run as torchrun ranks (README)
@@ -42,23 +42,47 @@ def user_errors(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         name = command_name(fn)
         try:
+            forget_replaced()
             refuse_ranks_unless_supported(name)
             if os.environ.get("DVC_ROOT"):
                 sweep_stale_temporaries(Path(os.environ["DVC_ROOT"]) / "data")
             return fn(*args, **kwargs)
         except PipelineError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {exc}{outputs_state('; ', str(exc).startswith('could not write'), name)}",
+                       err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            typer.echo(f"interrupted: {name} stopped; its unfinished outputs were discarded, earlier ones are intact",
-                       err=True)
+            typer.echo(f"interrupted: {name} stopped; its unfinished outputs were discarded"
+                       f"{outputs_state(', ', name=name)}", err=True)
             raise typer.Exit(130) from None
         except Terminated:
-            typer.echo(f"terminated: {name} stopped by SIGTERM; its unfinished outputs were discarded, "
-                       "earlier ones are intact", err=True)
+            typer.echo(f"terminated: {name} stopped by SIGTERM; its unfinished outputs were discarded"
+                       f"{outputs_state(', ', name=name)}", err=True)
             raise typer.Exit(143) from None
 
     return wrapper
+
+
+def outputs_state(sep: str, write_error: bool = True, name: str = "") -> str:
+    """What became of the stage's earlier outputs, as true as this process knows it.
+
+    Under DVC (`DVC_ROOT` set) DVC removed the stage's outputs before the command started:
+    they are in DVC's cache, not on disk. Outside DVC, outputs this process renamed into place
+    are named; otherwise they are intact (said for interrupts and write errors, where the
+    question arises)."""
+    if os.environ.get("DVC_ROOT"):
+        stage = os.environ.get("DVC_STAGE")
+        target = f"`dvc checkout {stage}`" if stage else "`dvc checkout <stage>`"
+        if name == "check-params":  # its only output is the stamp; no other stage has run
+            return (f"{sep}no other stage ran and no other output was deleted; DVC removed only this stage's stamp "
+                    f"(data/checks/params.ok), which {target} or the next valid `dvc repro` restores")
+        return (f"{sep}DVC removed this stage's outputs before it started: {target} restores the committed ones "
+                "from DVC's cache and `git checkout -- data/metrics` its uncached metrics (the next `dvc repro` "
+                "that succeeds brings them back too)")
+    replaced = replaced_outputs()
+    if replaced:
+        return f"{sep}already replaced: {', '.join(map(str, replaced))}"
+    return f"{sep}earlier outputs are intact" if write_error else ""
 
 
 def refuse_ranks_unless_supported(name: str) -> None:

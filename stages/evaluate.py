@@ -38,11 +38,13 @@ def evaluate(
     from vla_pipeline.evaluation import (build_metrics, default_splits, episode_records, evaluate_policy,
                                          task_table, write_videos)
     from vla_pipeline.fits import check_policy_fits_env
+    from vla_pipeline.io import StageOutputs
     from vla_pipeline.outputs import write_evaluation
     from vla_pipeline.provenance import protocol_header
 
     params = load_params(params_file)
     preflight.check_devices(params, ("evaluate.device",))
+    outputs = StageOutputs(*(p for p in (metrics, table, videos, episodes) if p is not None))  # writable, first
     torch.set_num_threads(params.evaluate.num_threads)
     policy = load_policy(checkpoint, params.evaluate.device)
     tasks = resolve_tasks(params.env)
@@ -52,9 +54,11 @@ def evaluate(
     results, counters = evaluate_policy(policy, params.env, params.evaluate, standard,
                                         extra=group_episodes(params, chosen, demos))
     metrics_obj = build_metrics(results, tasks, params.env.max_episode_steps, protocol_header(name, params))
-    if videos is not None and standard:
-        write_videos(policy, params.env, params.evaluate, results, standard[0], videos)
-    write_evaluation(metrics, table, episodes, metrics_obj, task_table(metrics_obj, name), episode_records(results))
+    with outputs:  # videos, per-task and per-episode records, metrics: all or none
+        if videos is not None and standard:
+            write_videos(policy, params.env, params.evaluate, results, standard[0], videos)
+        write_evaluation(metrics, table, episodes, metrics_obj, task_table(metrics_obj, name),
+                         episode_records(results))
     echo_json({"name": name, **{k: metrics_obj[k] for k in metrics_obj["splits"]}, "counters": counters})
 
 

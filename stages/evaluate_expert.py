@@ -25,18 +25,21 @@ def evaluate_expert(
     preflight.check_rendering()  # before the imports below load MuJoCo
     from vla_pipeline.envs.tasks import SPLITS, resolve_tasks
     from vla_pipeline.evaluation import build_metrics, episode_records, evaluate_expert as evaluate, task_table
+    from vla_pipeline.io import StageOutputs
     from vla_pipeline.outputs import write_evaluation
     from vla_pipeline.provenance import protocol_header
 
     params = load_params(params_file)
+    outputs = StageOutputs(*(p for p in (metrics, table, episodes) if p is not None))  # writable, before the work
     results, counters = evaluate(params.env, params.evaluate, parse_splits(splits, SPLITS) if splits else SPLITS,
                                  params.demos.expert)
     metrics_obj = build_metrics(results, resolve_tasks(params.env), params.env.max_episode_steps,
                                 protocol_header("expert", params))
     if params.demos.expert != "metaworld":  # recorded only when set: MetaWorld's ceiling keeps its bytes
         metrics_obj["protocol"]["expert"] = params.demos.expert
-    write_evaluation(metrics, table, episodes, metrics_obj, task_table(metrics_obj, "expert"),
-                     episode_records(results))
+    with outputs:  # all or none
+        write_evaluation(metrics, table, episodes, metrics_obj, task_table(metrics_obj, "expert"),
+                         episode_records(results))
     echo_json({**{k: metrics_obj[k] for k in SPLITS if k in metrics_obj}, "counters": counters})
 
 

@@ -33,13 +33,14 @@ def ire_round(
     from vla_pipeline.io import write_json_atomic
     from vla_pipeline.outputs import curve_path, write_checkpoint
     from vla_pipeline.training.ire import ire_round_item, open_d_rl, run_rl_round, run_sl_round
-    from vla_pipeline.training.rounds import buffer_dir, checkpoint_dir, write_round_buffer
+    from vla_pipeline.training.rounds import buffer_dir, checkpoint_dir, round_outputs, write_round_buffer
 
     params = load_params(params_file)
     item = ire_round_item(params, round_name)
     trains_as = "sft" if item.kind == "sl" else "ppo"  # SL rounds train as SFT does, RL rounds as PPO
     section = getattr(params, trains_as)
     preflight.check_devices(params, (f"{trains_as}.device",))
+    outputs = round_outputs(data, round_name, curve, ("checkpoints", "buffers"))  # writable, before the work
     torch.set_num_threads(section.num_threads)
     policy = load_policy(checkpoint_dir(item.policy_in, data), section.device)
     tasks = resolve_tasks(params.env)
@@ -63,11 +64,12 @@ def ire_round(
         summary = {"successes": len(result.successes), "d_rl": d_rl.stats(), "iterations": params.ire.rl_iterations,
                    "final": result.curve[-1] if result.curve else None}
         echo_json({"round": round_name, **result.counters})
-    write_checkpoint(checkpoint_dir(round_name, data), policy, {**meta, **summary})
     d_rl_info = {"key": params.ire.d_rl_key, "capacity": params.ire.d_rl_capacity}
-    write_round_buffer(data, round_name, d_rl, source, filtered, {"source": "iRe-VLA D_RL", **meta, "d_rl": d_rl_info},
-                       cameras, size)
-    write_json_atomic(curve or curve_path(data, round_name), result.curve)
+    with outputs:  # checkpoint, D_RL and curve: all or none
+        write_checkpoint(checkpoint_dir(round_name, data), policy, {**meta, **summary})
+        write_round_buffer(data, round_name, d_rl, source, filtered,
+                           {"source": "iRe-VLA D_RL", **meta, "d_rl": d_rl_info}, cameras, size)
+        write_json_atomic(curve or curve_path(data, round_name), result.curve)
     echo_json({**meta, **{k: v for k, v in summary.items() if k != "final"}})
 
 

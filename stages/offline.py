@@ -33,7 +33,7 @@ def offline(
     from vla_pipeline.data.snapshot import load_snapshot
     from vla_pipeline.envs.tasks import resolve_tasks
     from vla_pipeline.fits import check_policy_fits_env, check_snapshot_fits_env
-    from vla_pipeline.io import write_json_atomic
+    from vla_pipeline.io import StageOutputs, write_json_atomic
     from vla_pipeline.outputs import curve_path, write_checkpoint
     from vla_pipeline.evaluation import validation_rollouts
     from vla_pipeline.training.corft.critic import CRITIC_CONFIG_FILE, CRITIC_FILE
@@ -42,6 +42,7 @@ def offline(
     params = load_params(params_file)
     cfg = params.offline_run(run_name)
     preflight.check_device(cfg.device, f"offline_runs.{run_name} device")
+    outputs = StageOutputs(data / "checkpoints" / run_name, curve_path(data, run_name))  # writable, before the work
     torch.set_num_threads(cfg.num_threads)
     policy = load_policy(policy_in, cfg.device)
     tasks = resolve_tasks(params.env)
@@ -56,10 +57,11 @@ def offline(
     meta = {"stage": "offline", "run": run_name, "policy_in": str(policy_in), "offline": cfg.model_dump(),
             "best_step": result.best_step, "validation": result.validation, "transitions": result.transitions,
             "demos": manifest["tasks"]}
-    write_checkpoint(data / "checkpoints" / run_name, policy, meta, {
-        CRITIC_FILE: lambda path: save_file(result.training_state(), path),
-        CRITIC_CONFIG_FILE: lambda path: write_json_atomic(path, result.critic.describe())})
-    write_json_atomic(curve_path(data, run_name), result.curve)
+    with outputs:  # checkpoint and curve: both or neither
+        write_checkpoint(data / "checkpoints" / run_name, policy, meta, {
+            CRITIC_FILE: lambda path: save_file(result.training_state(), path),
+            CRITIC_CONFIG_FILE: lambda path: write_json_atomic(path, result.critic.describe())})
+        write_json_atomic(curve_path(data, run_name), result.curve)
     echo_json({k: meta[k] for k in ("run", "best_step", "validation", "transitions")})
 
 

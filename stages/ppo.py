@@ -29,13 +29,15 @@ def ppo(
     from vla_pipeline.data.snapshot import read_manifest
     from vla_pipeline.envs.tasks import resolve_tasks
     from vla_pipeline.fits import check_policy_fits_env, check_snapshot_fits_env
-    from vla_pipeline.training.rounds import buffer_dir, checkpoint_dir, open_buffer, round_item, write_round
+    from vla_pipeline.training.rounds import (buffer_dir, checkpoint_dir, open_buffer, round_item, round_outputs,
+                                              write_round)
     from vla_pipeline.training.ppo.trainer import run_round
 
     params = load_params(params_file)
     item = round_item(params, round_name)
     preflight.check_devices(params, ("ppo.device",))
     distributed.init_from_env(params.ppo.device)  # under torchrun: data-parallel updates (README)
+    outputs = round_outputs(data, round_name, curve) if distributed.is_main() else None  # writable, before the work
     torch.set_num_threads(distributed.threads_per_rank(params.ppo.num_threads))
     policy = load_policy(checkpoint_dir(item.policy_in, data), params.ppo.device)
     check_policy_fits_env(policy, params.env, resolve_tasks(params.env), checkpoint_dir(item.policy_in, data))
@@ -48,8 +50,9 @@ def ppo(
         return distributed.shutdown()
     meta = {"stage": "ppo", "round": round_name, "policy_in": item.policy_in, "buffer_in": item.buffer_in,
             "iterations": params.ppo.iterations, "final": result.curve[-1] if result.curve else None}
-    write_round(data, round_name, policy, meta, result.successes, result.curve, params.env.cameras,
-                params.env.image_size, curve)
+    with outputs:  # checkpoint, rollouts and curve: all or none
+        write_round(data, round_name, policy, meta, result.successes, result.curve, params.env.cameras,
+                    params.env.image_size, curve)
     echo_json({"round": round_name, "successes": len(result.successes), "buffer": buffer.stats(), **result.counters})
     distributed.shutdown()
 

@@ -13,7 +13,7 @@ from vla_pipeline.envs.tasks import resolve_tasks
 from vla_pipeline.errors import PipelineError
 from vla_pipeline.evaluation import validation_rollouts
 from vla_pipeline.fits import check_snapshot_fits_env
-from vla_pipeline.io import write_json_atomic
+from vla_pipeline.io import StageOutputs, write_json_atomic
 from vla_pipeline.outputs import write_checkpoint
 from vla_pipeline.policies.factory import build_policy
 from vla_pipeline.training.supervised import train_sft
@@ -35,7 +35,8 @@ def sft(
     params = load_params(params_file)
     params = params.model_copy(update={"sft": params.sft_recipe(recipe)})  # what follows reads params.sft
     preflight.check_devices(params, ("sft.device",))
-    distributed.init_from_env(params.sft.device)  # under torchrun: data-parallel ranks (README)
+    distributed.init_from_env(params.sft.device)
+    outputs = StageOutputs(out, curve) if distributed.is_main() else None  # writable? checked before the work  # under torchrun: data-parallel ranks (README)
     torch.set_num_threads(distributed.threads_per_rank(params.sft.num_threads))
     tasks = resolve_tasks(params.env)
     table, manifest = load_snapshot(demos, tasks)
@@ -48,10 +49,11 @@ def sft(
     result = train_sft(policy, table, params, validation_rollouts(params) if params.sft.validate_every else None)
     if not distributed.is_main():  # rank 0 writes
         return distributed.shutdown()
-    write_checkpoint(out, policy, {"stage": "sft", "steps": params.sft.steps, "best_step": result.best_step,
-                                   "final_loss": result.final_loss, "validation": result.validation,
-                                   "skipped_batches": result.skipped_batches, "demos": manifest["tasks"]})
-    write_json_atomic(curve, result.curve)
+    with outputs:  # both or neither
+        write_checkpoint(out, policy, {"stage": "sft", "steps": params.sft.steps, "best_step": result.best_step,
+                                       "final_loss": result.final_loss, "validation": result.validation,
+                                       "skipped_batches": result.skipped_batches, "demos": manifest["tasks"]})
+        write_json_atomic(curve, result.curve)
     echo_json({"final_loss": result.final_loss, "best_step": result.best_step, "validation": result.validation,
                "skipped_batches": result.skipped_batches})
     distributed.shutdown()

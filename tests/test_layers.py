@@ -27,6 +27,7 @@ LAYERS: dict[str, float] = {
     "vla_pipeline.errors": 0,
     "vla_pipeline.io": 0,
     "vla_pipeline.parallel": 0,
+    "vla_pipeline.lifetime": 0,  # child processes that die with their stage
     "vla_pipeline.distributed": 0,
     "vla_pipeline.versions": 0,
     "vla_pipeline.preflight": 0,

@@ -28,6 +28,20 @@ def check_finite(policy: torch.nn.Module) -> None:
             raise PipelineError(f"refusing to save a diverged model: '{name}' has non-finite values")
 
 
+def check_loadable_values(weights: dict, weights_path: Path) -> None:
+    """A diverged or corrupted checkpoint is refused when loaded, naming its file: a NaN/inf
+    weight, or an action scale (`action_std`, what normalised actions are divided by and
+    multiplied with) that is not a positive finite number."""
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise PipelineError(f"{weights_path}: tensor '{name}' has non-finite values (a diverged or corrupted "
+                                "checkpoint); retrain it or restore it (`dvc checkout`)")
+    std = weights.get("action_std")
+    if std is not None and not bool((std > 0).all()):
+        raise PipelineError(f"{weights_path}: action_std has zero or negative entries ({std.tolist()}): actions "
+                            "cannot be scaled with it; retrain it or restore it (`dvc checkout`)")
+
+
 def _tied_aliases(expected: dict, weights: dict) -> set[str]:
     """Keys save_pretrained drops because they share storage with a saved key (tied embeddings)."""
     saved_ptrs = {expected[k].data_ptr() for k in weights if k in expected}
@@ -75,6 +89,6 @@ def load_policy(path: str | Path, device: str = "cpu") -> VLAPolicy:
                 f"{weights_path}: tensor '{name}' has shape {tuple(tensor.shape)}, "
                 f"the config expects {tuple(expected[name].shape)}"
             )
+    check_loadable_values(weights, weights_path)
     policy.load_state_dict(weights, strict=False)  # tied aliases share storage with loaded keys
-    check_finite(policy)
     return policy.to(device).eval()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -16,6 +17,7 @@ from vla_pipeline.envs.experts import run_expert_episode
 from vla_pipeline.envs.sim import TaskSim
 from vla_pipeline.envs.tasks import EpisodeSpec, instruction_for, resolve_tasks, split_configurations
 from vla_pipeline.errors import PipelineError
+from vla_pipeline.lifetime import die_with_parent
 from vla_pipeline.provenance import env_spec, software_versions
 
 EXPERT_SOURCE = "expert"
@@ -109,7 +111,9 @@ def collect_demos(params: Params, out_dir: Path, section: str = "demos") -> dict
         results = _collect_on_ray(jobs, params, bar)
     elif workers > 1:
         ctx = multiprocessing.get_context("spawn")  # never fork after EGL rendering
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
+        # initializer: a worker exits when this process dies (a `kill -9` of the stage leaves none)
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=die_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
             futures = [pool.submit(collect_task, *job) for job in jobs]
             for job, fut in zip(jobs, futures):  # job order: the snapshot never depends on timing
                 results.append(fut.result())

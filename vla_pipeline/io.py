@@ -7,6 +7,7 @@ failed or killed stage never leaves something that looks complete (dvc-scaling.m
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import glob
 import json
@@ -46,8 +47,140 @@ def _explain_os_error(exc: OSError, path: Path) -> PipelineError:
         errno.EACCES: "permission denied",
         errno.EPERM: "operation not permitted",
         errno.EROFS: "the file system is read-only",
+        errno.EEXIST: "a file is in the way of its folder",
+        errno.ENOTDIR: "a file is in the way of its folder",
     }.get(exc.errno, exc.strerror or str(exc))
-    return PipelineError(f"could not write {path}: {reason}; earlier outputs were left intact")
+    # What became of the other outputs is said by the stage's error handler (stages/common.py),
+    # from `replaced_outputs()` and whether DVC removed them: only it knows.
+    return PipelineError(f"could not write {path}: {reason}")
+
+
+# ------------------------------------------------------------ all-or-nothing stage outputs
+
+_REPLACED: list[Path] = []  # outputs this process has put in place (for truthful messages)
+_TRANSACTION: contextvars.ContextVar = contextvars.ContextVar("stage_outputs", default=None)
+
+
+def replaced_outputs() -> list[Path]:
+    """The outputs this process has already renamed into place, in order."""
+    return list(_REPLACED)
+
+
+def forget_replaced() -> None:
+    """A stage command starts counting afresh (several run in one process under tests)."""
+    _REPLACED.clear()
+
+
+def check_writable(*paths: str | Path) -> None:
+    """Before any work: each output's folder exists (or can be made) and takes a new entry
+    (where its temporary will be written and renamed). Raises the write's PipelineError."""
+    for path in map(Path, paths):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=_tmp_prefix(path), dir=path.parent)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise _explain_os_error(exc, path) from exc
+
+
+class StageOutputs:
+    """Every output of a stage replaced together, or none.
+
+    Construct it with the stage's destinations before the work (`check_writable`), and write
+    them inside `with outputs:` through the usual `atomic_directory` / `write_*_atomic` (and
+    what calls them: `write_checkpoint`, `write_round`, ...): inside the block each one is
+    written to its hidden temporary beside its destination and only staged; when the block
+    ends without an error they are renamed into place one after another. If any write fails
+    (or an exception, Ctrl-C or SIGTERM ends the block) nothing is renamed and every temporary
+    is removed; if a rename itself fails, the ones already renamed are put back.
+    """
+
+    def __init__(self, *destinations: str | Path):
+        check_writable(*destinations)
+        self._open: set[str] = set()  # temporaries being written (their contents are written directly)
+        self._staged: dict[Path, Path] = {}  # destination -> its finished temporary, in write order
+        self._token = None
+
+    def __enter__(self) -> "StageOutputs":
+        if _TRANSACTION.get() is not None:
+            raise RuntimeError("StageOutputs blocks do not nest")
+        self._token = _TRANSACTION.set(self)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        _TRANSACTION.reset(self._token)
+        if exc_type is not None:
+            self.discard()
+            return
+        self.commit()
+
+    def owns(self, path: Path) -> bool:
+        """`path` lies inside a temporary of this transaction (written directly, moves with it)."""
+        parents = {os.path.abspath(p) for p in [path, *path.parents]}
+        return bool(parents & (self._open | {os.path.abspath(t) for t in self._staged.values()}))
+
+    def opened(self, tmp: Path) -> None:
+        self._open.add(os.path.abspath(tmp))
+
+    def stage(self, tmp: Path, dest: Path) -> None:
+        self._open.discard(os.path.abspath(tmp))
+        previous = self._staged.pop(dest, None)
+        if previous is not None:
+            _remove(previous)
+        self._staged[dest] = tmp
+
+    def discard(self) -> None:
+        for tmp in [*self._staged.values(), *map(Path, self._open)]:
+            _remove(tmp)
+        self._staged.clear()
+        self._open.clear()
+
+    def commit(self) -> None:
+        done: list[tuple[Path, Path | None]] = []
+        dest = None
+        try:
+            for dest, tmp in self._staged.items():
+                old = None
+                if dest.exists() or dest.is_symlink():
+                    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+                    _remove(old)
+                    os.replace(dest, old)
+                try:
+                    os.replace(tmp, dest)
+                except OSError:
+                    if old is not None:
+                        os.replace(old, dest)
+                    raise
+                done.append((dest, old))
+        except OSError as exc:
+            for put, old in reversed(done):  # put back what was already renamed
+                with contextlib.suppress(OSError):
+                    _remove(put)
+                    if old is not None:
+                        os.replace(old, put)
+            self.discard()
+            raise _explain_os_error(exc, dest) from exc
+        for put, old in done:
+            if old is not None:
+                _remove(old)
+            _fsync_dir(put.parent)
+            _REPLACED.append(put)
+        self._staged.clear()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _transaction_for(path: Path) -> StageOutputs | None:
+    """The open StageOutputs that defers this write, if any (not a file inside its temporaries)."""
+    tx = _TRANSACTION.get()
+    return tx if tx is not None and not tx.owns(path) else None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -66,6 +199,7 @@ def _tmp_prefix(path: Path) -> str:
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     path = Path(path)
+    tx = _transaction_for(path)
     remove_stale_temporaries(path.parent, path.name)  # left by a killed run
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,6 +210,9 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
+            if tx is not None:
+                tx.stage(Path(tmp), path)  # renamed with the stage's other outputs
+                return
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -84,6 +221,12 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     except OSError as exc:
         raise _explain_os_error(exc, path) from exc
     _fsync_dir(path.parent)
+    if tx is None and not _inside_temporary(path):
+        _REPLACED.append(path)
+
+
+def _inside_temporary(path: Path) -> bool:
+    return any(_TEMPORARY.match(p.name) for p in [path.parent, *path.parent.parents])
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -112,6 +255,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     `.<name>.tmp-*` sibling, and whatever was at `path` before stays untouched.
     """
     path = Path(path)
+    tx = _transaction_for(path)
     remove_stale_temporaries(path.parent, path.name)  # left by a killed run
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,12 +263,17 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         tmp.chmod(0o755)
     except OSError as exc:
         raise _explain_os_error(exc, path) from exc
+    if tx is not None:
+        tx.opened(tmp)
     try:
         yield tmp
         for child in tmp.rglob("*"):
             if child.is_file():
                 with open(child, "rb") as fh:
                     os.fsync(fh.fileno())
+        if tx is not None:
+            tx.stage(tmp, path)  # renamed with the stage's other outputs
+            return
         old = None
         if path.exists():
             old = path.parent / f".{path.name}.old-{os.getpid()}"
@@ -133,6 +282,8 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         _fsync_dir(path.parent)
+        if not _inside_temporary(path):
+            _REPLACED.append(path)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise _explain_os_error(exc, path) from exc

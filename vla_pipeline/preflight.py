@@ -65,3 +65,28 @@ def check_rendering() -> None:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise PipelineError(f"MuJoCo cannot render offscreen with MUJOCO_GL={backend or '(unset)'} "
                             f"({reason}): {hint}") from None
+
+
+def check_ray_address(params, timeout: float = 1.0) -> None:
+    """`env.vector: ray` with `env.ray.address: host:port`: something must accept a TCP connection
+    there (one connect to the configured address, `timeout` seconds), so that an unreachable
+    cluster stops `check_params` before DVC deletes any stage's outputs. `auto` and null
+    (start Ray here) are not probed."""
+    import socket
+
+    address = params.env.ray.address
+    if params.env.vector != "ray" or not address or address == "auto":
+        return
+    hostport = address.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # not host:port: Ray says what it makes of it
+    host = host.strip("[]")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise PipelineError(f"env.ray.address {address!r}: nothing answers there ({reason}); start the Ray head "
+                            "(`ray start --head`), fix the address, or set env.ray.address: null to start Ray "
+                            "in the stage") from None

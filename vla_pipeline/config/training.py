@@ -11,12 +11,18 @@ from vla_pipeline.config.base import Section, check_device
 from vla_pipeline.metaworld_names import check_task_names
 
 
+# Learning rates: > 0 and at most MAX_LR. Adam's step is about lr per weight whatever the
+# gradient's scale, so a rate above 1 can only diverge; refused by `check_params`, before DVC
+# deletes any stage's outputs (issue 41).
+MAX_LR = 1.0
+
+
 class SFTConfig(Section):
     """Supervised warm start on the demo snapshot."""
 
     steps: int = Field(3000, ge=1)
     batch_size: int = Field(64, ge=1)
-    lr: float = Field(3e-4, gt=0.0)
+    lr: float = Field(3e-4, gt=0.0, le=MAX_LR)
     weight_decay: float = Field(1e-4, ge=0.0)
     warmup_steps: int = Field(100, ge=0)
     grad_clip: float = Field(1.0, gt=0.0)
@@ -68,11 +74,11 @@ class PPOConfig(Section):
     decisions_per_iteration: int = Field(256, ge=1)  # across all envs
     epochs: int = Field(4, ge=1)
     minibatch_size: int = Field(64, ge=2)
-    lr: float = Field(1e-5, gt=0.0)  # trunk (vision, text, fusion)
-    head_lr: float = Field(3e-5, gt=0.0)  # action head (and the log-std when log_std_lr is null)
+    lr: float = Field(1e-5, gt=0.0, le=MAX_LR)  # trunk (vision, text, fusion)
+    head_lr: float = Field(3e-5, gt=0.0, le=MAX_LR)  # action head (and the log-std when log_std_lr is null)
     # The exploration spread's own rate: at head_lr it moves < 0.01 in a round, i.e. stays fixed.
-    log_std_lr: Optional[float] = Field(None, gt=0.0)
-    value_lr: float = Field(1e-3, gt=0.0)
+    log_std_lr: Optional[float] = Field(None, gt=0.0, le=MAX_LR)
+    value_lr: float = Field(1e-3, gt=0.0, le=MAX_LR)
     gamma: float = Field(0.99, gt=0.0, le=1.0)  # per env step
     gae_lambda: float = Field(0.95, ge=0.0, le=1.0)  # per decision
     clip: float = Field(0.2, gt=0.0, lt=1.0)
@@ -169,7 +175,7 @@ class IreConfig(Section):
     d_rl_capacity: int = Field(2, ge=1)
     # SL rounds: the SFT loss and loop on demos + D_RL, `sl_rl_fraction` of each batch from D_RL.
     sl_steps: int = Field(1500, ge=1)
-    sl_lr: float = Field(1e-4, gt=0.0)
+    sl_lr: float = Field(1e-4, gt=0.0, le=MAX_LR)
     sl_warmup_steps: int = Field(50, ge=0)
     sl_batch_size: int = Field(64, ge=2)
     sl_rl_fraction: float = Field(0.5, ge=0.0, le=1.0)
@@ -211,8 +217,8 @@ class OfflineConfig(Section):
     prefix_heads: bool = True  # one Q per prefix j = 1..td_chunk; false: only the full chunk's
     ensemble: int = Field(2, ge=2, le=10)
     critic_hidden: int = Field(256, ge=8)
-    critic_lr: float = Field(3e-4, gt=0.0)
-    actor_lr: float = Field(1e-4, gt=0.0)
+    critic_lr: float = Field(3e-4, gt=0.0, le=MAX_LR)
+    actor_lr: float = Field(1e-4, gt=0.0, le=MAX_LR)
     tau: float = Field(0.005, gt=0.0, le=1.0)  # Polyak rate of the target critic and actor
     policy_delay: int = Field(2, ge=1)  # actor steps once every this many critic steps
     target_noise: float = Field(0.2, ge=0.0)  # TD3 target smoothing, normalised action units

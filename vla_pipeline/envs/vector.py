@@ -21,6 +21,7 @@ from gymnasium.vector.async_vector_env import AsyncState, _async_worker
 from vla_pipeline.config import EnvConfig
 from vla_pipeline.envs.chunk_env import ChunkEnv, EpisodeQueue
 from vla_pipeline.errors import PipelineError
+from vla_pipeline.lifetime import die_with_parent
 
 
 def make_chunk_vector_env(
@@ -50,6 +51,18 @@ class _AsyncChunkEnvs(AsyncVectorEnv):
     terminates the workers: gymnasium would wait for the pending results again and, when
     some had already been read, block forever."""
 
+    def reset_async(self, *args, **kwargs):
+        with self._worker_deaths():
+            return super().reset_async(*args, **kwargs)
+
+    def step_async(self, *args, **kwargs):
+        with self._worker_deaths():  # sending to a dead worker: BrokenPipeError
+            return super().step_async(*args, **kwargs)
+
+    def call_async(self, *args, **kwargs):
+        with self._worker_deaths():
+            return super().call_async(*args, **kwargs)
+
     def reset_wait(self, *args, **kwargs):
         with self._worker_deaths():
             return super().reset_wait(*args, **kwargs)
@@ -69,14 +82,18 @@ class _AsyncChunkEnvs(AsyncVectorEnv):
             yield
         except (EOFError, ConnectionResetError, BrokenPipeError):
             time.sleep(0.5)  # let the dead worker's exit code land
-            dead = [f"worker {i} (exit code {p.exitcode})" for i, p in enumerate(self.processes) if not p.is_alive()]
-            raise PipelineError(f"an env worker process died: {', '.join(dead) or 'pipe closed'}; "
-                                "see its output above (out of memory? a crash in the simulator or renderer?)") from None
+            dead = [f"worker {i} (pid {p.pid}, exit code {p.exitcode})" for i, p in enumerate(self.processes)
+                    if not p.is_alive()]
+            raise PipelineError(f"an env worker process died: {', '.join(dead) or 'pipe closed'}; nothing was "
+                                "written: rerun the stage (a kill or out of memory? with env.vector: sync the "
+                                "envs run in the stage's own process)") from None
 
     def close_extras(self, timeout: float | None = None, terminate: bool = False) -> None:
         if self._state != AsyncState.DEFAULT:
             self._state = AsyncState.DEFAULT  # the pending results are not wanted any more
             terminate = True
+        if any(not p.is_alive() for p in self.processes):
+            terminate = True  # a dead worker's pipe is broken: "close" cannot be sent to it
         super().close_extras(timeout=timeout, terminate=terminate)
 
 
@@ -84,10 +101,12 @@ def _worker(*args) -> None:
     """gymnasium's worker, minus the noise when the main process goes away.
 
     Ctrl-C reaches every process of the terminal's group: workers ignore it and the main
-    process stops them. When the main process is killed, a worker's pipe breaks: it exits
+    process stops them. When the main process is killed, the worker dies with it
+    (lifetime.die_with_parent), or its pipe breaks first: it exits
     silently instead of printing two tracebacks that nobody can act on.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()  # a `kill -9` of the stage ends its workers too
     try:
         _async_worker(*args)
     except (EOFError, BrokenPipeError, ConnectionResetError):

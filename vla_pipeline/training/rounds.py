@@ -13,7 +13,7 @@ from vla_pipeline.constants import ROOT_BUFFERS
 from vla_pipeline.data.episode import Episode
 from vla_pipeline.data.snapshot import load_episodes, read_manifest, write_snapshot
 from vla_pipeline.errors import PipelineError
-from vla_pipeline.io import atomic_directory, write_json_atomic
+from vla_pipeline.io import StageOutputs, atomic_directory, write_json_atomic
 from vla_pipeline.outputs import curve_path, write_checkpoint
 from vla_pipeline.training.success_buffer import SelfBCBuffer
 
@@ -89,6 +89,13 @@ def write_buffer(out_dir: Path, buffer: SelfBCBuffer, source_snapshot: Path | No
         reusable = {t for t in by_task if f"{t}.parquet" in shards} - buffer.changed_tasks - filtered
     plan = {task: (None if task in reusable else eps) for task, eps in by_task.items()}
     return write_snapshot(out_dir, plan, cameras, image_shape, provenance, reuse_from=source_snapshot)
+
+
+def round_outputs(data: Path, round_name: str, curve_file: Path | None = None,
+                  kinds: tuple[str, ...] = ("checkpoints", "rollouts")) -> StageOutputs:
+    """A round's outputs (`kinds` under data/, and its curve), checked writable, replaced together."""
+    dirs = {"checkpoints": checkpoint_dir, "rollouts": rollouts_dir, "buffers": buffer_dir}
+    return StageOutputs(*(dirs[k](round_name, data) for k in kinds), curve_file or curve_path(data, round_name))
 
 
 def write_round(data: Path, round_name: str, policy, meta: dict, successes: list, curve: list,
