@@ -49,5 +49,6 @@ def test_a_removed_dep_line_is_named(tmp_path, probes):
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)  # DVC opens a git repository
     report = missing_deps(tmp_path, cache=probes)
     assert report == {"evaluate@sft": ["vla_pipeline/checkpoint.py"], "evaluate@sft-offline": ["vla_pipeline/checkpoint.py"],
+                      "evaluate@sft-small": ["vla_pipeline/checkpoint.py"],
                       "check_params": ["requirements.lock"]}
     assert "stage 'evaluate@sft' runs code its deps do not list: vla_pipeline/checkpoint.py" in format_report(report)
