@@ -5,9 +5,11 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from tests.conftest import ROOT, invoke, tiny_raw
+from vla_pipeline.config import parse_params
 
 
 
@@ -176,14 +178,32 @@ def test_compare_refuses_other_episode_lists_and_foreign_json(tmp_path):
     assert result.exit_code == 1 and "no such file" in result.output
 
 
-def test_diverging_sft_stops_with_a_clear_error_and_no_checkpoint(tmp_path, tiny_demos):
+def test_a_learning_rate_that_can_only_diverge_is_refused_before_training(tmp_path, tiny_demos):
     params = write_params(tmp_path, sft={"steps": 30, "lr": 1.0e12, "weight_decay": 0.0, "warmup_steps": 0})
     ck = tmp_path / "ck"
     result = invoke(["sft", "--params", str(params), "--demos", str(tiny_demos), "--out", str(ck),
-                                 "--curve", str(tmp_path / "curve.json")])
+                     "--curve", str(tmp_path / "curve.json")])
     assert result.exit_code == 1, result.output
-    assert "non-finite loss or gradient" in result.output
+    assert "sft.lr" in result.output
     assert not ck.exists() and not (tmp_path / "curve.json").exists()
+
+
+def test_diverging_sft_stops_with_a_clear_error(tiny_demos):
+    """The guard behind the bound: a run that still diverges stops on its first non-finite loss.
+    (`model_copy` skips validation, as a value inside the bound that diverges would.)"""
+    from vla_pipeline.data.snapshot import load_snapshot
+    from vla_pipeline.envs.tasks import resolve_tasks
+    from vla_pipeline.errors import PipelineError
+    from vla_pipeline.policies.factory import build_policy
+    from vla_pipeline.training.supervised import train_sft
+
+    params = parse_params(tiny_raw())
+    params = params.model_copy(update={"sft": params.sft.model_copy(update={
+        "steps": 30, "lr": 1.0e12, "weight_decay": 0.0, "warmup_steps": 0})})
+    table, _ = load_snapshot(tiny_demos)
+    policy = build_policy(params.policy, params.env, resolve_tasks(params.env))
+    with pytest.raises(PipelineError, match="non-finite loss or gradient"):
+        train_sft(policy, table, params)
 
 
 def test_evaluate_splits_option_and_round_default(tmp_path, tiny_checkpoint):

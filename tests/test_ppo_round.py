@@ -83,11 +83,21 @@ def test_round_with_missing_predecessor_is_refused():
                                       "b": {"policy_in": "a", "buffer_in": "demos"}}))
 
 
-def test_diverging_ppo_writes_no_checkpoint(round_dir, tmp_path):
+def test_diverging_ppo_writes_no_checkpoint(round_dir, tmp_path, monkeypatch):
+    """check_params refuses a learning rate above 1; a run that diverges all the same (here: the
+    bound bypassed, as `model_copy` does not validate) stops without writing its outputs."""
+    import stages.ppo
+    from vla_pipeline.config import load_params
+
     _, data, _ = round_dir
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(tiny_raw(ppo={**PPO, "lr": 1.0e12, "head_lr": 1.0e12, "critic_warmup_iterations": 0},
-                                              rounds=ROUNDS)))
+    params.write_text(yaml.safe_dump(tiny_raw(ppo={**PPO, "critic_warmup_iterations": 0}, rounds=ROUNDS)))
+
+    def diverging(path):
+        valid = load_params(path)
+        return valid.model_copy(update={"ppo": valid.ppo.model_copy(update={"lr": 1.0e12, "head_lr": 1.0e12})})
+
+    monkeypatch.setattr(stages.ppo, "load_params", diverging)
     copy = tmp_path / "data"
     for sub in ("checkpoints/sft", "buffers/demos"):
         shutil.copytree(data / sub, copy / sub)

@@ -276,6 +276,29 @@ def test_kill_9_of_collect_demos_leaves_no_process(tmp_path):
     assert not (tmp_path / "demos").exists() and not (tmp_path / "demos.json").exists()
 
 
+def test_kill_9_of_an_evaluation_leaves_no_process_after_5_s(tmp_path, tiny_checkpoint):
+    params = write_params(tmp_path, env={"vector": "async", "num_envs": 2},
+                          evaluate={"episodes_test": 40, "episodes_validation": 40})  # killed mid-way
+    proc = stage(["evaluate", "--checkpoint", str(tiny_checkpoint), "--name", "sft", "--metrics",
+                  str(tmp_path / "eval.json"), "--table", str(tmp_path / "tasks.json")],
+                 params, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline, tree = time.time() + 120, []
+    while time.time() < deadline:  # two env workers (and the resource tracker)
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        if len(tree) >= 2:
+            break
+        time.sleep(0.2)
+    assert len(tree) >= 2, f"expected two env workers, got {tree}"
+    time.sleep(2.0)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    gone, alive = psutil.wait_procs(tree, timeout=5)
+    for p in alive:
+        p.kill()
+    assert not alive, f"processes outlived the killed stage: {[(p.pid, p.name()) for p in alive]}"
+    assert not (tmp_path / "eval.json").exists()
+
+
 def test_kill_9_of_a_ppo_round_leaves_no_process_after_5_s(tmp_path, round_data):
     proc, err, tree = start_long_round(tmp_path, round_data)  # env workers and the resource tracker
     os.kill(proc.pid, signal.SIGKILL)

@@ -1,16 +1,10 @@
-"""CO-RFT step 2: chunked offline RL on demonstrations (README "CO-RFT", seeds.md section 4).
+"""CO-RFT step 2: chunked offline RL on demonstrations (seeds.md section 4; docs/ARCHITECTURE.md).
 
-Every demo step t is a transition (not only chunk-aligned ones): the observation o_t, the data
-chunk a[t:t+K] with its pad mask, and for each prefix j = 1..J (J = `td_chunk`)
-
-    y_t^(j) = sum_{i<j} gamma^i r_{t+i} + gamma^j (1 - d_{t,j}) min_m Qbar_m^(J)(o_{t+j}, pibar(o_{t+j}))
-
-where d_{t,j} = 1 when the episode ended within the first j actions. A critic ensemble reads
-the trunk's fused readout tokens plus the (padded) chunk and predicts one value per prefix (or
-the full chunk's only). A conservative term (Cal-QL: CQL with policy-chunk values floored at
-the Monte-Carlo return-to-go) keeps unseen chunks low; the actor is TD3+BC on the policy's
-action head. With `trainable: heads` the trunk is frozen and its readouts are computed once
-per frame, so each update is a few small MLPs.
+The TD targets over chunk prefixes are in `targets.py` (its docstring has the formula). A
+critic ensemble reads the trunk's fused readout tokens plus the (padded) chunk; a conservative
+term (Cal-QL: CQL with policy-chunk values floored at the Monte-Carlo return-to-go) keeps unseen
+chunks low; the actor is TD3+BC on the policy's action head. With `trainable: heads` the trunk
+is frozen and its readouts are computed once per frame, so each update is a few small MLPs.
 """
 
 from __future__ import annotations
