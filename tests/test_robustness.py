@@ -254,18 +254,16 @@ def test_a_killed_env_worker_ends_the_round_with_one_line_naming_it(tmp_path, ro
 
 # --------------------------- 5. kill -9 of collect-demos: no process of it left after 5 s
 
-def test_kill_9_of_collect_demos_leaves_no_process(tmp_path):
-    params = write_params(tmp_path, env={"vector": "async", "num_envs": 2},
-                          demos={"episodes_per_task": 40})  # long enough to be killed mid-way
-    proc = stage(["collect-demos", "--out", str(tmp_path / "demos"), "--metrics", str(tmp_path / "demos.json")],
-                 params, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+def kill_9_and_check_the_tree(proc, wanted: int, what: str) -> None:
+    """Wait until `proc` has `wanted` descendants, kill -9 it mid-run, and assert none of them
+    outlives it by more than 5 s."""
     deadline, tree = time.time() + 120, []
-    while time.time() < deadline:  # the pool's two workers and the resource tracker
+    while time.time() < deadline:
         tree = psutil.Process(proc.pid).children(recursive=True)
-        if len(tree) >= 3:
+        if len(tree) >= wanted:
             break
         time.sleep(0.2)
-    assert len(tree) >= 3, f"expected two pool workers and a resource tracker, got {tree}"
+    assert len(tree) >= wanted, f"expected {what}, got {tree}"
     time.sleep(2.0)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
@@ -273,6 +271,14 @@ def test_kill_9_of_collect_demos_leaves_no_process(tmp_path):
     for p in alive:  # don't leave them to the rest of the suite
         p.kill()
     assert not alive, f"processes outlived the killed stage: {[(p.pid, p.name()) for p in alive]}"
+
+
+def test_kill_9_of_collect_demos_leaves_no_process(tmp_path):
+    params = write_params(tmp_path, env={"vector": "async", "num_envs": 2},
+                          demos={"episodes_per_task": 40})  # long enough to be killed mid-way
+    proc = stage(["collect-demos", "--out", str(tmp_path / "demos"), "--metrics", str(tmp_path / "demos.json")],
+                 params, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    kill_9_and_check_the_tree(proc, 3, "two pool workers and a resource tracker")
     assert not (tmp_path / "demos").exists() and not (tmp_path / "demos.json").exists()
 
 
@@ -282,20 +288,7 @@ def test_kill_9_of_an_evaluation_leaves_no_process_after_5_s(tmp_path, tiny_chec
     proc = stage(["evaluate", "--checkpoint", str(tiny_checkpoint), "--name", "sft", "--metrics",
                   str(tmp_path / "eval.json"), "--table", str(tmp_path / "tasks.json")],
                  params, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline, tree = time.time() + 120, []
-    while time.time() < deadline:  # two env workers (and the resource tracker)
-        tree = psutil.Process(proc.pid).children(recursive=True)
-        if len(tree) >= 2:
-            break
-        time.sleep(0.2)
-    assert len(tree) >= 2, f"expected two env workers, got {tree}"
-    time.sleep(2.0)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
-    gone, alive = psutil.wait_procs(tree, timeout=5)
-    for p in alive:
-        p.kill()
-    assert not alive, f"processes outlived the killed stage: {[(p.pid, p.name()) for p in alive]}"
+    kill_9_and_check_the_tree(proc, 2, "two env workers")
     assert not (tmp_path / "eval.json").exists()
 
 
