@@ -117,6 +117,7 @@ app = stage_app()
 def slow():
     seconds = yaml.safe_load(open("slow.yaml"))["sleep"]
     print("started", flush=True)
+    Path("slow.started").write_text("inside the guarded command\\n")  # the test signals only after this
     time.sleep(seconds)
     Path("data/slow.txt").write_text(f"slept {seconds}\\n")
 if __name__ == "__main__":
@@ -198,8 +199,10 @@ def test_ctrl_c_under_dvc_says_how_to_restore_the_outputs(mini_repo):
     repo, env = mini_repo
     try:
         (repo / "slow.yaml").write_text("sleep: 60\n")
+        (repo / "slow.started").unlink(missing_ok=True)  # the fixture's own run wrote one
         proc = subprocess.Popen([*DVC, "repro", "slow"], cwd=repo, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True,  # Ctrl-C as a foreground job has it,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # even under `&`
         deadline = time.time() + 120
         child = None
         while child is None and time.time() < deadline:
@@ -207,7 +210,11 @@ def test_ctrl_c_under_dvc_says_how_to_restore_the_outputs(mini_repo):
                           if "slow_stage" in " ".join(p.cmdline())), None)
             time.sleep(0.2)
         assert child is not None, "the slow stage did not start"
-        time.sleep(3.0)  # past the import and the "started" line
+        # Wait for the marker the command writes once its handlers are in place: a fixed sleep
+        # was too short on a slower CI machine (SIGINT landed during the imports).
+        while not (repo / "slow.started").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        assert (repo / "slow.started").exists(), "the slow stage never reached its command"
         assert not (repo / "data" / "slow.txt").exists()  # DVC removed the output before the command
         child.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=120)
@@ -216,6 +223,7 @@ def test_ctrl_c_under_dvc_says_how_to_restore_the_outputs(mini_repo):
         assert "dvc checkout slow" in line, line
     finally:
         (repo / "slow.yaml").write_text("sleep: 0\n")
+        (repo / "slow.started").unlink(missing_ok=True)
     run_cmd([*DVC, "checkout", "slow"], repo, env)  # what the message says brings it back
     assert (repo / "data" / "slow.txt").read_text() == "slept 0\n"
 
