@@ -35,6 +35,7 @@ def ppo(
 
     params = load_params(params_file)
     item = round_item(params, round_name)
+    params = params.round_params(round_name)  # the round's `set` applied to ppo / bc / buffer
     preflight.check_devices(params, ("ppo.device",))
     distributed.init_from_env(params.ppo.device)  # under torchrun: data-parallel updates (README)
     outputs = round_outputs(data, round_name, curve) if distributed.is_main() else None  # writable, before the work

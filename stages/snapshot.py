@@ -25,6 +25,7 @@ def snapshot(
     """Self-BC buffer after a round: buffer_in + the round's successes -> data/buffers/<round>."""
     params = load_params(params_file)
     item = round_item(params, round_name)
+    params = params.round_params(round_name)  # the round's `set` applied to the buffer's admission
     source = buffer_dir(item.buffer_in, data)
     buffer, filtered = open_buffer(params, item.buffer_in, source)
     successes, _ = load_episodes(rollouts_dir(round_name, data))

@@ -109,7 +109,7 @@ def test_ppo_on_a_buffer_with_garbage_png_bytes_is_one_line(tmp_path, round_data
         write_snapshot(tmp, by_task, manifest["cameras"], tuple(manifest["image_shape"]), manifest["provenance"])
     assert read_manifest(demos)["shards"]
     params = write_params(tmp_path, ppo=PPO, bc={"weight_rule": "fixed", "weight": 1.0},
-                          rounds={"r01": {"policy_in": "sft", "buffer_in": "demos"}})
+                          rounds={"r01": {"policy_in": "sft", "buffer_in": "demos", "base": "sft"}})
     proc = stage(["ppo", "--round", "r01", "--data", str(round_data)], params)
     one_error_line(proc, "cannot be decoded")
     assert not (round_data / "checkpoints" / "r01").exists()
@@ -137,7 +137,7 @@ def sigint_as_in_a_terminal() -> None:
 
 def start_long_round(tmp_path, round_data):
     params = write_params(tmp_path, env={"vector": "async"}, ppo={**PPO, "iterations": 500},
-                          rounds={"r01": {"policy_in": "sft", "buffer_in": "demos"}})
+                          rounds={"r01": {"policy_in": "sft", "buffer_in": "demos", "base": "sft"}})
     err = tmp_path / "stderr.txt"
     with open(err, "w") as fh:
         proc = stage(["ppo", "--round", "r01", "--data", str(round_data)], params, stdout=subprocess.DEVNULL,

@@ -208,7 +208,7 @@ def test_diverging_sft_stops_with_a_clear_error(tiny_demos):
 
 def test_evaluate_splits_option_and_round_default(tmp_path, tiny_checkpoint):
     """A round without `test: true` is evaluated on validation only; --splits overrides; a bad name is refused."""
-    params = write_params(tmp_path, rounds={"r01": {"policy_in": "sft", "buffer_in": "demos"}})
+    params = write_params(tmp_path, rounds={"r01": {"policy_in": "sft", "buffer_in": "demos", "base": "sft"}})
     base = ["evaluate", "--params", str(params), "--checkpoint", str(tiny_checkpoint), "--table",
             str(tmp_path / "t.json"), "--videos", str(tmp_path / "v")]
     result = invoke(base + ["--name", "r01", "--metrics", str(tmp_path / "r.json")])

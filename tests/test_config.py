@@ -109,10 +109,63 @@ def test_the_offline_sft_recipe_is_checked_at_load():
 
 def test_the_small_regime_names_its_roots_and_its_recipe():
     """Rounds may start from sft-small / demos-small; sft_small's keys are checked like sft's."""
-    params = parse_params(tiny_raw(rounds={"s01": {"policy_in": "sft-small", "buffer_in": "demos-small"}},
+    s01 = {"policy_in": "sft-small", "buffer_in": "demos-small", "base": "sft-small"}
+    params = parse_params(tiny_raw(rounds={"s01": s01},
                                    demos_small={"episodes_per_task": 3}, sft_small={"steps": 7}))
     assert params.sft_recipe("sft_small").steps == 7 and params.demos_small.episodes_per_task == 3
     with pytest.raises(PipelineError, match="sft_small: unknown sft keys"):
         parse_params(tiny_raw(sft_small={"stepz": 7}))
     with pytest.raises(PipelineError, match="bad round name .sft-small."):
-        parse_params(tiny_raw(rounds={"sft-small": {"policy_in": "sft", "buffer_in": "demos"}}))
+        parse_params(tiny_raw(rounds={"sft-small": {"policy_in": "sft", "buffer_in": "demos", "base": "sft"}}))
+
+
+# ------------------------------------------ chains of rounds: base, chain label, `set`
+
+SMALL = {"policy_in": "sft-small", "buffer_in": "demos-small", "base": "sft-small"}
+
+
+def test_a_round_names_the_sft_its_chain_starts_from():
+    assert "rounds.r01.base: missing; add base: sft" in error_of(
+        tiny_raw(rounds={"r01": {"policy_in": "sft", "buffer_in": "demos"}}))
+    assert "rounds.s02.base: 'sft', but its chain starts from 'sft-small'" in error_of(
+        tiny_raw(rounds={"s01": SMALL, "s02": {"policy_in": "s01", "buffer_in": "s01", "base": "sft"}}))
+    params = parse_params(tiny_raw(rounds={"s01": SMALL, "s02": {**SMALL, "policy_in": "s01", "buffer_in": "s01"}}))
+    assert params.chain_root("s02") == "sft-small" and params.rounds["s02"].chain == "ACPPO"
+
+
+def test_a_chain_learns_only_from_the_demos_its_sft_saw():
+    """A chain from sft-small seeded with every demo would not be a small-demo result."""
+    assert "its buffers go back to 'demos', but a chain from sft-small learns only from 'demos-small'" in \
+        error_of(tiny_raw(rounds={"s01": {**SMALL, "buffer_in": "demos"}}))
+    assert "buffers form a cycle" in error_of(tiny_raw(rounds={
+        "a": {"policy_in": "sft", "buffer_in": "b", "base": "sft"},
+        "b": {"policy_in": "sft", "buffer_in": "a", "base": "sft"}}))
+
+
+def test_a_chain_keeps_one_label():
+    assert "rounds.s02.chain: 'other', but s01 before it is in chain 'small'" in error_of(tiny_raw(rounds={
+        "s01": {**SMALL, "chain": "small"},
+        "s02": {**SMALL, "policy_in": "s01", "buffer_in": "s01", "chain": "other"}}))
+
+
+def test_set_replaces_only_the_keys_it_names_in_ppo_bc_and_buffer():
+    params = parse_params(tiny_raw(rounds={
+        "r01": {"policy_in": "sft", "buffer_in": "demos", "base": "sft"},
+        "b01": {"policy_in": "sft", "buffer_in": "demos", "base": "sft", "chain": "self-BC",
+                "set": {"ppo": {"policy_coef": 0.0}, "buffer": {"admit_margin": 1.0}}}}))
+    assert params.round_params("r01") is params  # nothing to replace: the very same settings
+    b01 = params.round_params("b01")
+    assert b01.ppo.policy_coef == 0.0 and b01.buffer.admit_margin == 1.0
+    assert b01.ppo.model_dump(exclude={"policy_coef"}) == params.ppo.model_dump(exclude={"policy_coef"})
+    assert b01.bc == params.bc and b01.sft == params.sft and params.ppo.policy_coef == 1.0
+
+
+@pytest.mark.parametrize("set_, message", [
+    ({"sft": {"steps": 3}}, "rounds.b01.set: a round may change ppo / bc / buffer, not 'sft'"),
+    ({"ppo": {"polcy_coef": 0.0}}, "rounds.b01.set.ppo: unknown ppo keys ['polcy_coef']"),
+    ({"ppo": {"policy_coef": -1.0}}, "rounds.b01.set.ppo.policy_coef: Input should be greater than or equal to 0"),
+    ({"buffer": {"capacity": 0}}, "rounds.b01.set.buffer.capacity"),
+])
+def test_a_bad_set_is_refused_at_load(set_, message):
+    assert message in error_of(tiny_raw(rounds={
+        "b01": {"policy_in": "sft", "buffer_in": "demos", "base": "sft", "set": set_}}))

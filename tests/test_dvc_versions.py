@@ -160,7 +160,7 @@ def test_going_back_to_round_r01_after_r02_is_committed(state):
     second_r01 = pick(outputs(repo))
     assert second_r01 and second_r01 != pick(state["r01_files"])
     raw = yaml.safe_load((repo / "params.yaml").read_text())
-    raw["rounds"]["r02"] = {"policy_in": "r01", "buffer_in": "r01"}
+    raw["rounds"]["r02"] = {"policy_in": "r01", "buffer_in": "r01", "base": "sft"}
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     # Adding a round runs only that round (and the params check, and the report that lists it).
     assert ran(run([*DVC, "repro"], repo, env).stdout) == ["check_params", "compare_round@r02", "evaluate_round@r02",
@@ -178,7 +178,7 @@ def test_going_back_to_round_r01_after_r02_is_committed(state):
     second, latest = ({(o["kind"], o["name"]): o for o in r["outputs"]} for r in records[1:])
     assert second[("checkpoint", "r01")]["changed"] and not second[("checkpoint", "sft")]["changed"]
     assert not latest[("checkpoint", "r01")]["changed"] and latest[("checkpoint", "r02")]["changed"]
-    assert latest[("checkpoint", "r02")]["inputs"] == {"policy_in": "r01", "buffer_in": "r01"}
+    assert latest[("checkpoint", "r02")]["inputs"] == {"policy_in": "r01", "buffer_in": "r01", "base": "sft"}
     # r02 is not marked `test: true`, so its listed result is the validation split's.
     assert latest[("buffer", "r02")]["split"] == "validation" and latest[("buffer", "r02")]["success"] is not None
     assert latest[("checkpoint", "sft")]["split"] == "test"

@@ -15,7 +15,8 @@ from vla_pipeline.errors import PipelineError
 
 PPO = {"iterations": 2, "decisions_per_iteration": 16, "epochs": 2, "minibatch_size": 8,
        "critic_warmup_iterations": 1, "target_kl": None}
-ROUNDS = {"r01": {"policy_in": "sft", "buffer_in": "demos"}, "r02": {"policy_in": "r01", "buffer_in": "r01"}}
+ROUNDS = {"r01": {"policy_in": "sft", "buffer_in": "demos", "base": "sft"},
+          "r02": {"policy_in": "r01", "buffer_in": "r01", "base": "sft"}}
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +78,10 @@ def test_unknown_round_is_a_clear_error(round_dir):
 
 def test_round_with_missing_predecessor_is_refused():
     with pytest.raises(PipelineError, match="rounds.r02.policy_in: no round or checkpoint named 'r00'"):
-        parse_params(tiny_raw(rounds={"r02": {"policy_in": "r00", "buffer_in": "demos"}}))
+        parse_params(tiny_raw(rounds={"r02": {"policy_in": "r00", "buffer_in": "demos", "base": "sft"}}))
     with pytest.raises(PipelineError, match="predecessor cycle"):
-        parse_params(tiny_raw(rounds={"a": {"policy_in": "b", "buffer_in": "demos"},
-                                      "b": {"policy_in": "a", "buffer_in": "demos"}}))
+        parse_params(tiny_raw(rounds={"a": {"policy_in": "b", "buffer_in": "demos", "base": "sft"},
+                                      "b": {"policy_in": "a", "buffer_in": "demos", "base": "sft"}}))
 
 
 def test_diverging_ppo_writes_no_checkpoint(round_dir, tmp_path, monkeypatch):
@@ -144,3 +145,18 @@ def test_failure_curriculum_and_short_training_horizon(round_dir, tmp_path, monk
     [envs] = built
     for env in envs.envs:
         assert env.queue.task_weights == pytest.approx([curve[-1]["task_weights"][task] for task in env.tasks])
+
+
+def test_a_rounds_set_reaches_its_ppo_and_its_snapshot(tmp_path, tiny_demos, tiny_checkpoint):
+    """`set` is how a chain differs (self-BC only, another buffer rule, another seed): the PPO
+    round runs with it, the snapshot admits with it, and the rest of params is untouched."""
+    rounds = {"b01": {"policy_in": "sft", "buffer_in": "demos", "base": "sft", "chain": "self-BC",
+                      "set": {"ppo": {"iterations": 1, "policy_coef": 0.0}, "buffer": {"capacity": 3}}}}
+    data, params = tiny_data_root(tmp_path, tiny_demos, tiny_checkpoint, tiny_raw(ppo=PPO, rounds=rounds))
+    for command in ("ppo", "snapshot"):
+        result = invoke([command, "--round", "b01", "--data", str(data), "--params", str(params)])
+        assert result.exit_code == 0, result.output
+    curve = json.loads((data / "metrics" / "train-b01.json").read_text())
+    assert [row["iteration"] for row in curve] == [1]  # set.ppo.iterations, not ppo.iterations (2)
+    buffer = read_manifest(data / "buffers" / "b01")["provenance"]["buffer"]
+    assert buffer["capacity"] == 3 and parse_params(yaml.safe_load(params.read_text())).buffer.capacity == 1

@@ -287,9 +287,26 @@ def test_the_papers_row_names_the_chains_last_round_on_test(world):
     metrics, _, _ = world
     write_evaluation(metrics, "r02", {"test": [True] * 4, "validation": [True, True]})
     write_evaluation(metrics, "r04", {"test": [True, True, True, False], "validation": [True, True]})
-    params = parse_params(tiny_raw(rounds={"r01": {"policy_in": "sft", "buffer_in": "demos"},
-                                           "r02": {"policy_in": "r01", "buffer_in": "r01", "test": True},
-                                           "r03": {"policy_in": "r02", "buffer_in": "r02"},
-                                           "r04": {"policy_in": "r03", "buffer_in": "r03", "test": True}}))
+    params = parse_params(tiny_raw(rounds={"r01": {"policy_in": "sft", "buffer_in": "demos", "base": "sft"},
+                                           "r02": {"policy_in": "r01", "buffer_in": "r01", "base": "sft",
+                                                   "test": True},
+                                           "r03": {"policy_in": "r02", "buffer_in": "r02", "base": "sft"},
+                                           "r04": {"policy_in": "r03", "buffer_in": "r03", "base": "sft", "test": True}}))
     ours = ours_beside_papers(load_results(metrics, params))["ACPPO"]
     assert ours.startswith("0.500 -> 0.750;") and "(r04, test)" in ours, ours
+
+
+def test_a_chain_from_the_small_set_is_its_own_family_paired_with_sft_small(world, tmp_path):
+    """The family and the pairing come from params (`chain`, `base`), not from names in the code."""
+    metrics, videos, _ = world
+    write_evaluation(metrics, "sft-small", {"test": [False, False, True, False], "validation": [False, False]})
+    write_evaluation(metrics, "s01", {"test": [True, False, True, True], "validation": [True, False]})
+    params = parse_params(tiny_raw(rounds={
+        "r01": {"policy_in": "sft", "buffer_in": "demos", "base": "sft"},
+        "s01": {"policy_in": "sft-small", "buffer_in": "demos-small", "base": "sft-small",
+                "chain": "self-BC from the small set", "set": {"ppo": {"policy_coef": 0.0}}, "test": True}}))
+    build_report(metrics, videos, params, tmp_path / "report")
+    md = (tmp_path / "report" / "summary.md").read_text()
+    s01 = next(line for line in md.splitlines() if line.startswith("| s01 |"))
+    assert "| sft-small | test | +50.0 pp | 2 / 0 |" in s01, s01  # vs sft-small, not sft
+    assert "self-BC from the small set" in md

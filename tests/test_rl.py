@@ -230,8 +230,8 @@ def test_every_round_draws_its_own_random_streams():
     from vla_pipeline.config import parse_params
     from vla_pipeline.training.rounds import round_seed
 
-    params = parse_params(tiny_raw(rounds={"r01": {"policy_in": "sft", "buffer_in": "demos"},
-                                           "r02": {"policy_in": "r01", "buffer_in": "r01"}}))
+    params = parse_params(tiny_raw(rounds={"r01": {"policy_in": "sft", "buffer_in": "demos", "base": "sft"},
+                                           "r02": {"policy_in": "r01", "buffer_in": "r01", "base": "sft"}}))
     seeds = {round_seed(params, name) for name in ("r01", "r02", "r03")}
     assert len(seeds) == 3 and round_seed(params, "r01") == round_seed(params, "r01")
     other = parse_params(tiny_raw(ppo={"seed": 1}))

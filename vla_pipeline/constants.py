@@ -53,3 +53,5 @@ TRAINING_STATE_FILE = "training_state.json"
 # `-small`: the small demonstration set (subset_demos stage) and the SFT trained on it.
 ROOT_CHECKPOINTS = ("sft", "sft-small")
 ROOT_BUFFERS = ("demos", "demos-small")
+# Each SFT checkpoint with the demos it was trained on: a chain from one starts from the other.
+ROOT_DEMOS = dict(zip(ROOT_CHECKPOINTS, ROOT_BUFFERS))

@@ -18,10 +18,10 @@ from vla_pipeline.config.base import Section
 from vla_pipeline.config.env import DemosConfig, DemoSubsetConfig, EnvConfig, EvaluateConfig
 from vla_pipeline.config.policy import PolicyConfig
 from vla_pipeline.config.training import (
-    BCConfig, BufferConfig, IreConfig, IreRoundConfig, OfflineConfig, OfflineRunConfig, PPOConfig, RoundConfig,
-    SFTConfig,
+    ROUND_SECTIONS, BCConfig, BufferConfig, IreConfig, IreRoundConfig, OfflineConfig, OfflineRunConfig, PPOConfig,
+    RoundConfig, SFTConfig,
 )
-from vla_pipeline.constants import ROOT_BUFFERS, ROOT_CHECKPOINTS
+from vla_pipeline.constants import ROOT_BUFFERS, ROOT_CHECKPOINTS, ROOT_DEMOS
 from vla_pipeline.errors import PipelineError
 
 DEFAULT_PARAMS_FILE = "params.yaml"
@@ -100,11 +100,56 @@ class Params(BaseModel):
                     raise ValueError(f"rounds: round {name!r} is part of a predecessor cycle")
                 seen.add(current)
                 current = self.rounds[current].policy_in
+        for name in self.rounds:
+            self._round_fits_its_chain(name)
         self._ire_chain()
         self._offline_runs()
         for recipe in SFT_RECIPES:
             self.sft_recipe(recipe)  # a bad key or value in a recipe fails here, not in its stage
         return self
+
+    def _round_fits_its_chain(self, name: str) -> None:
+        """`base` is the chain's SFT checkpoint, the buffer goes back to that checkpoint's demos,
+        the chain keeps one label, and `set` names known keys with valid values."""
+        item, where = self.rounds[name], f"rounds.{name}"
+        root = self.chain_root(name)
+        if item.base is None:
+            raise ValueError(f"{where}.base: missing; add base: {root} (the SFT checkpoint its chain starts "
+                             "from: DVC pairs the round with that checkpoint's episodes)")
+        if item.base != root:
+            raise ValueError(f"{where}.base: {item.base!r}, but its chain starts from {root!r} "
+                             f"(set base: {root}; DVC pairs the round with that checkpoint's episodes)")
+        buffer_root, seen = item.buffer_in, {name}
+        while buffer_root in self.rounds:
+            if buffer_root in seen:
+                raise ValueError(f"{where}.buffer_in: the rounds' buffers form a cycle through {buffer_root!r}")
+            seen.add(buffer_root)
+            buffer_root = self.rounds[buffer_root].buffer_in
+        if buffer_root != ROOT_DEMOS[root]:
+            raise ValueError(f"{where}.buffer_in: its buffers go back to {buffer_root!r}, but a chain from {root} "
+                             f"learns only from {ROOT_DEMOS[root]!r} (the demos {root} was trained on)")
+        if item.policy_in in self.rounds and self.rounds[item.policy_in].chain != item.chain:
+            raise ValueError(f"{where}.chain: {item.chain!r}, but {item.policy_in} before it is in chain "
+                             f"{self.rounds[item.policy_in].chain!r}; a chain keeps one label")
+        self.round_params(name)
+
+    def chain_root(self, name: str) -> str:
+        """The SFT checkpoint round `name`'s chain starts from."""
+        current = name
+        while current in self.rounds:
+            current = self.rounds[current].policy_in
+        return current
+
+    def round_params(self, name: str) -> "Params":
+        """These params as round `name` runs them: its `set` applied to ppo / bc / buffer."""
+        updates = {}
+        for section, overrides in self.rounds[name].set.items():
+            if section not in ROUND_SECTIONS:
+                raise ValueError(f"rounds.{name}.set: a round may change {' / '.join(ROUND_SECTIONS)}, "
+                                 f"not {section!r}")
+            updates[section] = _with_overrides(getattr(self, section), overrides, f"rounds.{name}.set.{section}",
+                                               section)
+        return self.model_copy(update=updates) if updates else self
 
     def offline_run(self, name: str) -> OfflineConfig:
         """The `offline` settings of run `name` (its `set` applied)."""

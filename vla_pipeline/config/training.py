@@ -151,9 +151,20 @@ class BufferConfig(Section):
     admit_margin: float | None = Field(None, gt=0)
 
 
+# The sections a round's `set` may change: what a chain varies (the PPO term, the BC loss, the buffer).
+ROUND_SECTIONS = ("ppo", "bc", "buffer")
+
+
 class RoundConfig(Section):
+    """One ACPPO round. Rounds form chains through `policy_in`; each chain starts from an SFT
+    checkpoint (`base`), and its evaluated rounds are paired with that checkpoint's episodes."""
+
     policy_in: str  # "sft", "sft-small" or an earlier round
     buffer_in: str  # "demos", "demos-small" or an earlier round
+    base: Optional[str] = None  # the SFT checkpoint the chain starts from (required): DVC pairs with its episodes
+    chain: str = Field("ACPPO", min_length=1)  # the report's row group and curve label, one per chain
+    # Settings this round runs with otherwise, per section: {ppo: {policy_coef: 0.0}} is self-BC only.
+    set: dict[str, dict[str, Any]] = Field(default_factory=dict)
     test: bool = False  # also evaluate on the test split (the final round); else validation only
 
 

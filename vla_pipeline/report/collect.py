@@ -63,7 +63,8 @@ def planned_methods(params) -> list[Method]:
     """Every method the params define, in pipeline order."""
     methods = [Method("expert", "scripted expert"), Method("sft", "imitation (SFT)"),
                Method("sft-small", "imitation on the small demo set (demos_small)", "sft")]
-    methods += [Method(k, "ACPPO (chunked PPO + self-BC)", "sft", "ACPPO", r.test) for k, r in params.rounds.items()]
+    # ACPPO rounds: one family per chain (its `chain` label), paired with the SFT it starts from
+    methods += [Method(k, r.chain, r.base, r.chain, r.test) for k, r in params.rounds.items()]
     for key, r in params.ire_rounds.items():
         family, chain = ("PPO baseline (unfrozen, no BC)", "PPO") if r.kind == "ppo" else ("iRe-VLA", "iRe-VLA")
         methods.append(Method(key, family, "sft", chain, r.test))

@@ -44,8 +44,8 @@ def _counts(p: dict | None) -> str:
     return f"+{p['only_new']} / -{p['only_base']}, p {render.fmt(p['mcnemar_p'], '.2g')}"
 
 
-def _headline_results(results: list[collect.MethodResult], demonstrator: str,
-                      small_set: str) -> list[tuple[collect.MethodResult, str, bool]]:
+def _headline_results(results: list[collect.MethodResult], demonstrator: str, small_set: str,
+                      small_demos: str) -> list[tuple[collect.MethodResult, str, bool]]:
     """(result, label, final) for the headline rows: the expert ceiling, SFT, every RL round
     evaluated on test (ACPPO, iRe-VLA, the unfrozen-PPO baseline), CO-RFT's base and its
     default run (the first of `offline_runs`; its ablations are on docs/results.md)."""
@@ -61,6 +61,8 @@ def _headline_results(results: list[collect.MethodResult], demonstrator: str,
             rows.append((r, "scripted expert (ceiling)" + (f", `{demonstrator}`" if demonstrator else ""), False))
         elif r.name == "sft":
             rows.append((r, "SFT", False))
+        elif r.name == "sft-small":
+            rows.append((r, f"SFT on the small set (`sft-small`: {small_demos})", False))
         elif r.method.chain:
             final = last[r.method.chain] == r.name
             prefix = {"ACPPO": "ACPPO", "iRe-VLA": "iRe-VLA", "PPO": "unfrozen PPO (baseline)"}.get(r.method.chain, fam)
@@ -79,7 +81,8 @@ def readme_headline(metrics_dir: Path, params=None) -> str:
     proto = collect.protocol(results, params)
     small_set = (f"{params.offline_demos.episodes_per_task} `{proto['demonstrators']['offline_demos']}` demos "
                  "per task")
-    rows = _headline_results(results, proto["demonstrators"]["demos"], small_set)
+    rows = _headline_results(results, proto["demonstrators"]["demos"], small_set,
+                             f"the first {params.demos_small.episodes_per_task} demos per task")
     tasks = sorted({t for r, _, _ in rows for t in r.metrics.get("tasks", {})})
     hard = [t for t in tasks if any((r.metrics["tasks"].get(t, {}).get("test") or {}).get("success", 1.0) < 1.0
                                     for r, _, _ in rows)]
@@ -89,7 +92,8 @@ def readme_headline(metrics_dir: Path, params=None) -> str:
                f"cameras {', '.join(f'`{c}`' for c in proto.get('cameras', []))} at {proto.get('image_size')} px, "
                f"horizon {proto.get('horizon')}, deterministic actions. Success is the mean over tasks with a "
                "Wilson 95 % interval; steps to success are averaged over solved episodes; \"vs base\" pairs "
-               "each policy with its base (SFT; CO-RFT: `sft-offline`) on the same test episodes: solved "
+               "each policy with its base (SFT; small-set chains: `sft-small`; CO-RFT: `sft-offline`) on the same "
+               "test episodes: solved "
                "only by it / only by the base, exact McNemar p.")
     header = ["policy", "test success [95 %]", "steps to success", "vs base (test)",
               *(_short(t) for t in hard), "validation"]

@@ -1,7 +1,7 @@
 """What a DVC round reads and writes: predecessor paths, buffer seeding, snapshots.
 
 Every checkpoint and buffer lives at `data/<kind>/<name>`, including `sft` and `demos`, so
-a round item only names its predecessors (`r02: {policy_in: r01, buffer_in: r01}`).
+a round item only names its predecessors (`r02: {policy_in: r01, buffer_in: r01, base: sft}`).
 """
 
 from __future__ import annotations
