@@ -151,6 +151,23 @@ def sweep(root: Path = typer.Option(Path("data"), help="Directory to clean.")):
         typer.echo(f"removed {path}")
 
 
+@app.command("timed-repro", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@user_errors
+def timed_repro(
+    ctx: typer.Context,
+    out: Path = typer.Option(Path("data/metrics/timings.json"), help="Write the stage times here (JSON)."),
+    repo: Path = typer.Option(Path("."), help="Repository root."),
+    params_file: Path = PARAMS,
+):
+    """`dvc repro` (any extra arguments passed on) with each stage's wall time, the main chain's
+    and the whole run's minutes and the CPU written to --out; nothing is written if it fails."""
+    from vla_pipeline.bench.timings import timed_repro as run_timed
+
+    result = run_timed(list(ctx.args), repo, load_params(params_file), out)
+    typer.echo(f"main chain {result['main_chain_minutes']} min, whole run {result['whole_default_minutes']} min "
+               f"-> {out}")
+
+
 @app.command("docs")
 @user_errors
 def docs(

@@ -88,3 +88,40 @@ def test_bench_runs_every_measurement_and_writes_consistent_json(tmp_path):
     assert written["env"]["tasks"] == ["reach-v3"] and written["env"]["image_size"] == 32
     assert written["env"]["cameras"] == ["corner4"]
     assert written["settings"]["repeats"] == sizes.repeats and written["settings"]["raw_steps"] == 24
+
+
+# ------------------------------------------------ stage times of one `dvc repro` (timed-repro)
+
+def test_a_stage_lasts_from_its_running_line_to_the_next_one():
+    from vla_pipeline.bench.timings import stage_seconds
+
+    lines = [(0.0, "Verifying data sources\n"), (1.0, "Running stage 'collect_demos':\n"), (5.0, "> python -m ...\n"),
+             (61.0, "Stage 'check_params' didn't change, skipping\n"), (100.0, "Running stage 'sft':\n"),
+             (400.0, "Updating lock file 'dvc.lock'\n")]
+    assert stage_seconds(lines, end=460.0) == {"collect_demos": 99.0, "sft": 360.0}
+    assert stage_seconds([(0.0, "Data and pipelines are up to date.\n")], end=3.0) == {}
+
+
+def test_minutes_add_up_over_the_main_chain_and_the_whole_run():
+    from vla_pipeline.bench.timings import summarize
+
+    result = summarize({"collect_demos": 60.0, "sft": 540.0, "ppo@s01": 300.0, "report": 30.0},
+                       {"collect_demos", "sft", "report", "ppo@r01"}, {"model": "x", "usable_cpus": 2, "flags": []})
+    assert result["main_chain_stages"] == ["collect_demos", "sft", "report"]
+    assert result["main_chain_minutes"] == 10.5 and result["whole_default_minutes"] == 15.5
+
+
+def test_the_main_chain_is_what_the_final_round_from_sft_needs():
+    """Read from the project's own dvc.yaml and params.yaml: the final ACPPO round from sft, its
+    predecessors, SFT and its evaluation, the demos; no small-set chain, no iRe-VLA round."""
+    from tests.conftest import ROOT
+    from vla_pipeline.bench.timings import final_round, main_chain_stages
+    from vla_pipeline.config import load_params
+
+    params = load_params(ROOT / "params.yaml")
+    final = final_round(params)
+    assert final is not None and params.chain_root(final) == "sft" and params.rounds[final].test
+    stages = main_chain_stages(ROOT, final)
+    assert {"collect_demos", "sft", "evaluate@sft", f"ppo@{final}", f"evaluate_round@{final}", "report"} <= stages
+    assert not any(s.startswith(("ire_round", "offline", "sft_small", "evaluate@sft-small")) for s in stages)
+    assert not any("@s0" in s or "@b0" in s for s in stages)

@@ -49,8 +49,14 @@ def test_repro_runs_everything_then_nothing_then_one_stage(repo):
     second = run([sys.executable, "-m", "dvc", "repro"], dest, env)
     assert "Running stage" not in second.stdout
 
-    single = run([sys.executable, "-m", "dvc", "repro", "--force", "--single-item", "evaluate@sft"], dest, env)
+    # `dvc repro` through the timing wrapper: DVC's own output passes through, each stage's time is kept
+    single = run([sys.executable, "-m", "stages.tools", "timed-repro", "--out", str(dest / "timings.json"),
+                  "--force", "--single-item", "evaluate@sft"], dest, env)
     assert "Running stage 'evaluate@sft'" in single.stdout
+    timings = json.loads((dest / "timings.json").read_text())
+    assert list(timings["stages"]) == ["evaluate@sft"] and timings["stages"]["evaluate@sft"] > 0
+    assert set(timings) == {"stages", "main_chain_stages", "main_chain_minutes", "whole_default_minutes", "cpu"}
+    assert timings["cpu"]["usable_cpus"] >= 1  # durations and the CPU: no clock time, no host name
     assert "Running stage 'sft'" not in single.stdout and "collect_demos" not in single.stdout.replace("'evaluate", "")
 
     shown = json.loads(run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], dest, env).stdout)
