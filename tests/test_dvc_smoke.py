@@ -74,8 +74,10 @@ def test_repro_runs_everything_then_nothing_then_one_stage(repo):
     run(["git", "add", "-A"], dest, env)
     staged = run(["git", "ls-files", "data"], dest, env).stdout.split()
     assert staged and all(name.startswith(("data/metrics/", "data/report/headline/")) and name.endswith(".json")
-                          or name in ("data/report/summary.md", "data/report/.gitignore") for name in staged)
+                          or name in ("data/report/summary.md", "data/report/index.html", "data/report/.gitignore")
+                          for name in staged)
     assert "data/report/summary.md" in staged and "data/report/report.html" not in staged
+    assert "data/report/index.html" in staged  # the light page: a clone opens the run's report
 
 
 def test_the_small_regime_sft_sees_at_most_n_episodes_per_task(repo):

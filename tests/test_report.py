@@ -202,9 +202,24 @@ def test_a_video_is_labelled_by_what_it_shows(tmp_path, tiny_checkpoint, tiny_pa
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+def test_the_light_page_git_keeps_has_stills_of_the_tested_policies_only(world, tmp_path):
+    """index.html is what a clone opens: no animations, stills only for policies evaluated on
+    test (r01 ran validation only: its clip is on report.html, not here), nothing to fetch."""
+    metrics, videos, params = world
+    write_clip(videos / "r01", "reach-v3", "success")
+    build_report(metrics, videos, params, tmp_path / "report")
+    full, light = ((tmp_path / "report" / name).read_text() for name in ("report.html", "index.html"))
+    assert "r01 reach-v3 success stills" in full and "r01 reach-v3 success stills" not in light
+    assert "animation" in full and 'animation"' not in light
+    sources = re.findall(r'<img[^>]*\ssrc="([^"]*)"', light)
+    assert len(sources) == 2 + 3  # two plots; a still strip for sft's two clips and corft's one
+    assert not re.search(r"https?://|<script|<link|@import|url\(", light)
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (Debian package `chromium`; "
                                               "`bash scripts/setup.sh --browser` installs it)")
-def test_page_renders_in_headless_chromium(world, tmp_path):
+@pytest.mark.parametrize("page", ["report.html", "index.html"])
+def test_page_renders_in_headless_chromium(world, tmp_path, page):
     """A real browser draws the page: the per-task cells' colours and the rollout frames (the
     test clip's red square) are on the screenshot. (That the page fetches nothing is the
     static check above: a file:// page with data URIs gives Chromium nothing to fetch.)"""
@@ -213,7 +228,7 @@ def test_page_renders_in_headless_chromium(world, tmp_path):
     shot = tmp_path / "shot.png"
     subprocess.run([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                     "--proxy-server=127.0.0.1:9", "--window-size=1280,4000", f"--screenshot={shot}",
-                    (tmp_path / "report" / "report.html").as_uri()], check=True, capture_output=True, timeout=120)
+                    (tmp_path / "report" / page).as_uri()], check=True, capture_output=True, timeout=120)
     image = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     assert image.shape[:2] == (4000, 1280)
     solved = np.array([160, 245, 165])  # the heat colour of a task at success 1.0 (render._heat)

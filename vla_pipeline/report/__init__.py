@@ -2,6 +2,8 @@
 
 `build_report` reads the metrics folder (and the evaluation videos), and writes into `out_dir`:
 - `report.html`: self-contained (images embedded, nothing loaded from a network);
+- `index.html`: the same page without animations, with stills of the policies evaluated on the
+  test split only: small enough for git, so a clone shows the committed run's page;
 - `summary.md`: the tables, committed to git;
 - `headline/<method>.json`: the few numbers `dvc metrics show` prints, one row per method.
 """
@@ -15,6 +17,7 @@ from vla_pipeline.io import atomic_directory, read_json, write_json_atomic, writ
 from vla_pipeline.report import collect, figures, render
 
 HTML_FILE = "report.html"
+LIGHT_HTML_FILE = "index.html"  # in git: the page without animations, stills of the test-split policies
 SUMMARY_FILE = "summary.md"
 HEADLINE_DIR = "headline"
 BENCH_FILES = {"bench.json": "python -m stages bench", "bench-scale.json": "python -m stages bench-scale"}
@@ -112,6 +115,7 @@ def build_page(metrics_dir: Path, videos_dir: Path, params) -> tuple[dict, list[
         "summary": _summary(results),
         "protocol": proto, "protocol_items": _protocol_items(proto),
         "methods": render.method_rows(results),
+        "tested": {r.name for r in results if r.split("test")},
         "tasks": collect.task_rows(results, "test"),
         "groups": collect.group_rows(results),
         "papers": [{**p, "ours": ours.get(p["method"], "not run")} for p in collect.PAPERS],
@@ -128,9 +132,10 @@ def build_report(metrics_dir: Path, videos_dir: Path, params, out_dir: Path) -> 
     page, results = build_page(Path(metrics_dir), Path(videos_dir), params)
     # Everything is rendered before the first write, so a failure leaves the old outputs as
     # they were; the page goes first and the headline (what `dvc metrics show` reads) last.
-    summary, page_html = render.markdown(page), render.html(page)
+    summary, page_html, light_html = render.markdown(page), render.html(page), render.html(page, animations=False)
     out_dir = Path(out_dir)
     write_text_atomic(out_dir / HTML_FILE, page_html)
+    write_text_atomic(out_dir / LIGHT_HTML_FILE, light_html)
     write_text_atomic(out_dir / SUMMARY_FILE, summary)
     with atomic_directory(out_dir / HEADLINE_DIR) as tmp:
         for r in results:
@@ -139,4 +144,4 @@ def build_report(metrics_dir: Path, videos_dir: Path, params, out_dir: Path) -> 
             "previews": sum(len(items) for _, items in page["previews"]), "html": str(out_dir / HTML_FILE)}
 
 
-__all__ = ["BENCH_FILES", "HEADLINE_DIR", "HTML_FILE", "SUMMARY_FILE", "build_page", "build_report"]
+__all__ = ["BENCH_FILES", "HEADLINE_DIR", "HTML_FILE", "LIGHT_HTML_FILE", "SUMMARY_FILE", "build_page", "build_report"]

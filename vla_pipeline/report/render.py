@@ -207,13 +207,14 @@ under an earlier default is kept as evidence, marked "no").</p>
 </table>{% endfor %}
 
 {% if previews %}<h2>Rollouts</h2>
-<p class="note">From the videos each evaluation recorded: an animated preview and a still strip (start to end) per
-episode, one success and one failure per task where the evaluation recorded them.</p>
+<p class="note">From the videos each evaluation recorded: {% if animations %}an animated preview and {% endif %}a still
+strip (start to end) per episode, one success and one failure per task where the evaluation recorded them.{% if not animations %}
+Policies evaluated on the test split only; the full page with animations is data/report/report.html.{% endif %}</p>
 {% for method, rows in previews %}<h3>{{ method }}</h3>
 <table class="rollouts"><tr><th class="l">task</th><th class="l">success</th><th class="l">failure</th></tr>
 {% for r in rows %}<tr><td class="l">{{ r.task }}</td>{% for p, outcome in ((r.success, "success"), (r.fail, "failure")) %}<td class="l">
-{% if p %}<div class="preview"><img alt="{{ method }} {{ r.task }} {{ p.outcome }} animation" src="{{ p.animation }}">
-<img alt="{{ method }} {{ r.task }} {{ p.outcome }} stills" src="{{ p.strip }}"><span>{{ p.episode }}</span></div>
+{% if p %}<div class="preview">{% if animations %}<img alt="{{ method }} {{ r.task }} {{ p.outcome }} animation" src="{{ p.animation }}">
+{% endif %}<img alt="{{ method }} {{ r.task }} {{ p.outcome }} stills" src="{{ p.strip }}"><span>{{ p.episode }}</span></div>
 {% else %}<span class="none">no {{ outcome }} recorded</span>{% endif %}</td>{% endfor %}</tr>{% endfor %}
 </table>{% endfor %}{% endif %}
 </body></html>
@@ -235,29 +236,31 @@ def _groupby_family(rows: list[dict]) -> list[tuple[str, list[dict]]]:
     return list(groups.items())
 
 
-def _preview_rows(items) -> list[dict]:
+def _preview_rows(items, animations: bool) -> list[dict]:
     """One row per task with its success and failure preview (None where none was recorded)."""
     rows: dict[str, dict] = {}
     for p in items:
         row = rows.setdefault(p.task, {"task": p.task, "success": None, "fail": None})
         row[p.outcome] = {"outcome": p.outcome, "episode": p.episode,
-                          "animation": data_uri(p.animation_webp, "image/webp"),
+                          "animation": data_uri(p.animation_webp, "image/webp") if animations else None,
                           "strip": data_uri(p.strip_webp, "image/webp")}
     return list(rows.values())
 
 
-def html(page: dict) -> str:
+def html(page: dict, animations: bool = True) -> str:
+    """The page; `animations=False` is the light one git keeps (stills of the test-split policies)."""
     env = Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(num=lambda v, spec=".3f": fmt(v, spec), heat=_heat, success=success_cell,
                        groupby_family=_groupby_family, join_values=join_values,
                        seed_table_status=seed_table_status)
     tasks, task_rows = page["tasks"]
-    previews = [(method, _preview_rows(items)) for method, items in page["previews"]]
+    previews = [(method, _preview_rows(items, animations)) for method, items in page["previews"]
+                if animations or method in page["tested"]]
     plots = [(title, data_uri(png, "image/png")) for title, png in page["plots"]]
     return env.from_string(_TEMPLATE).render(
         summary=page["summary"], protocol_items=page["protocol_items"], methods=page["methods"], tasks=tasks,
         task_rows=task_rows, groups=page["groups"], papers=page["papers"], seeds=page["seeds"], plots=plots,
-        bench=page["bench"], previews=previews)
+        bench=page["bench"], previews=previews, animations=animations)
 
 
 __all__ = ["PAPERS", "html", "markdown", "method_rows"]
