@@ -20,6 +20,8 @@ from safetensors.numpy import load_file
 
 from conftest import ROOT, tiny_data_root, tiny_raw
 
+pytestmark = pytest.mark.slow  # minutes of Ray and torchrun start-ups: CI runs them (`-m slow`)
+
 LOOPBACK_ENV = {"MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo", "RAY_AUTH_MODE": "disabled",
                 "RAY_USAGE_STATS_ENABLED": "0"}
 

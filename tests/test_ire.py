@@ -154,7 +154,7 @@ def test_a_round_of_the_other_family_names_its_command(ire_dir):
     result = invoke("ppo", "--round", "rl1", "--data", data, "--params", params)
     assert result.exit_code == 1 and "iRe-VLA round" in result.output and "ire-round" in result.output
     raw = yaml.safe_load(params.read_text())
-    raw["rounds"] = {"r01": {"policy_in": "sft", "buffer_in": "demos"}}
+    raw["rounds"] = {"r01": {"policy_in": "sft", "buffer_in": "demos", "base": "sft"}}
     other = params.parent / "with-acppo.yaml"
     other.write_text(yaml.safe_dump(raw))
     result = invoke("ire-round", "--round", "r01", "--data", data, "--params", other)
