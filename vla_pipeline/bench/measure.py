@@ -76,12 +76,17 @@ def machine_facts(params: Params) -> dict:
             "versions": software_versions()}
 
 
-def _cpu_model() -> Optional[str]:
+def cpuinfo_field(name: str) -> Optional[str]:
+    """The first `name : value` of /proc/cpuinfo (None where there is none)."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(name):
                 return line.partition(":")[2].strip()
     return None
+
+
+def _cpu_model() -> Optional[str]:
+    return cpuinfo_field("model name")
 
 
 # ----------------------------------------------------------------------------- child processes

@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional
 
-from vla_pipeline.bench.measure import _cpu_model
+from vla_pipeline.bench.measure import _cpu_model, cpuinfo_field
+from vla_pipeline.errors import PipelineError
 from vla_pipeline.io import write_json_atomic
 
 RUNNING = re.compile(r"^Running stage '([^']+)':")
@@ -67,14 +68,7 @@ def main_chain_stages(repo_root: Path, final: Optional[str]) -> set[str]:
 def cpu_facts() -> dict:
     import os
 
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.partition(":")[2].split())
-                break
-    except OSError:
-        pass
+    flags = set((cpuinfo_field("flags") or "").split())
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"model": _cpu_model(), "usable_cpus": usable, "flags": [f for f in SPEED_FLAGS if f in flags]}
 
@@ -104,8 +98,6 @@ def timed_repro(dvc_args: list[str], repo_root: Path, params, out: Path) -> dict
     code = proc.wait()
     end = time.monotonic() - begin
     if code != 0:
-        from vla_pipeline.errors import PipelineError
-
         raise PipelineError(f"dvc repro failed (exit {code}); no timings written: a partial run would "
                             "understate the whole")
     result = summarize(stage_seconds(stamped, end), main_chain_stages(repo_root, final_round(params)), cpu_facts())
