@@ -107,7 +107,7 @@ open("data/after.txt", "w").write(f"trained at {lr}\\n")
 """
 
 SLOW_STAGE = """
-import time
+import os, time
 from pathlib import Path
 import yaml
 from stages.common import run, stage_app, user_errors
@@ -117,7 +117,7 @@ app = stage_app()
 def slow():
     seconds = yaml.safe_load(open("slow.yaml"))["sleep"]
     print("started", flush=True)
-    Path("slow.started").write_text("inside the guarded command\\n")  # the test signals only after this
+    Path("slow.started").write_text(f"{os.getpid()}\\n")  # the test signals this pid, only after this
     time.sleep(seconds)
     Path("data/slow.txt").write_text(f"slept {seconds}\\n")
 if __name__ == "__main__":
@@ -204,18 +204,16 @@ def test_ctrl_c_under_dvc_says_how_to_restore_the_outputs(mini_repo):
                                 stderr=subprocess.PIPE, text=True,  # Ctrl-C as a foreground job has it,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # even under `&`
         deadline = time.time() + 120
-        child = None
-        while child is None and time.time() < deadline:
-            child = next((p for p in psutil.Process(proc.pid).children(recursive=True)
-                          if "slow_stage" in " ".join(p.cmdline())), None)
+        # Wait for the marker the command writes once its handlers are in place (a fixed sleep was
+        # too short on a slower machine), and signal the pid it names: DVC starts the command
+        # through $SHELL or /bin/sh, and a shell that does not exec would take the signal itself.
+        marker = repo / "slow.started"
+        while not (marker.exists() and marker.read_text().strip()) and time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)
-        assert child is not None, "the slow stage did not start"
-        # Wait for the marker the command writes once its handlers are in place: a fixed sleep
-        # was too short on a slower CI machine (SIGINT landed during the imports).
-        while not (repo / "slow.started").exists() and time.time() < deadline:
-            time.sleep(0.2)
-        assert (repo / "slow.started").exists(), "the slow stage never reached its command"
+        assert marker.exists(), "the slow stage never reached its command"
         assert not (repo / "data" / "slow.txt").exists()  # DVC removed the output before the command
+        child = psutil.Process(int(marker.read_text()))
+        assert "slow_stage" in " ".join(child.cmdline())
         child.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=120)
         line = one_line(err)
