@@ -4,6 +4,7 @@ import json
 import math
 import shutil
 
+import numpy as np
 import pytest
 import yaml
 
@@ -108,9 +109,10 @@ def test_diverging_ppo_writes_no_checkpoint(round_dir, tmp_path, monkeypatch):
     assert not (copy / "checkpoints" / "r01").exists() and not (copy / "rollouts" / "r01").exists()
 
 
-def test_failure_curriculum_and_short_training_horizon(round_dir, tmp_path, monkeypatch):
-    """A round with tasks drawn by failure rate and a 6-step training horizon: with K=4 every
-    episode's second chunk is cut by the time limit after 2 steps (sync envs)."""
+def test_failure_curriculum_short_horizon_and_step_cost(round_dir, tmp_path, monkeypatch):
+    """A round with tasks drawn by failure rate, a 6-step training horizon and a training step
+    cost: with K=4 every episode's second chunk is cut by the time limit after 2 steps (sync
+    envs), and every step of these unsuccessful episodes earns exactly -step_cost."""
     from vla_pipeline.training.ppo import trainer
 
     built = []
@@ -123,7 +125,8 @@ def test_failure_curriculum_and_short_training_horizon(round_dir, tmp_path, monk
     monkeypatch.setattr(trainer, "make_chunk_vector_env", keep_envs)
     _, data, _ = round_dir
     params = tmp_path / "params.yaml"
-    ppo = {**PPO, "iterations": 3, "task_sampling": "failures", "task_floor": 0.5, "max_episode_steps": 6}
+    ppo = {**PPO, "iterations": 3, "task_sampling": "failures", "task_floor": 0.5, "max_episode_steps": 6,
+           "step_cost": 0.05}
     raw = tiny_raw(ppo=ppo, rounds=ROUNDS)
     raw["env"]["vector"] = "sync"
     params.write_text(yaml.safe_dump(raw))
@@ -145,6 +148,14 @@ def test_failure_curriculum_and_short_training_horizon(round_dir, tmp_path, monk
     [envs] = built
     for env in envs.envs:
         assert env.queue.task_weights == pytest.approx([curve[-1]["task_weights"][task] for task in env.tasks])
+    # The cost is the training env's only (evaluation keeps env.step_cost, 0 here).
+    assert parse_params(raw).env.step_cost == 0.0
+    env = envs.envs[0]
+    assert (env.cfg.step_cost, env.cfg.max_episode_steps) == (0.05, 6)
+    env.reset(seed=0)
+    *_, info = env.step(np.zeros(env.action_space.shape, np.float32))
+    assert list(info["chunk_rewards"]) == pytest.approx([-0.05] * 4)
+    env.close()
 
 
 def test_a_rounds_set_reaches_its_ppo_and_its_snapshot(tmp_path, tiny_demos, tiny_checkpoint):

@@ -101,6 +101,9 @@ class PPOConfig(Section):
     # Training horizon (None: env.max_episode_steps). Shorter = more episodes per iteration;
     # evaluation always uses env.max_episode_steps.
     max_episode_steps: Optional[int] = Field(None, ge=1, le=500)
+    # Training reward's cost per env step (None: env.step_cost). A cost makes every step of a
+    # slow success pay, where the discount alone separates 50 from 55 steps by only 5 %.
+    step_cost: Optional[float] = Field(None, ge=0.0, le=0.1)
     freeze_backbone: bool = False  # iRe-VLA's RL phase: only heads (and critic) train
     # Weight of the clipped PPO policy term; 0 keeps the same rollouts and self-BC but drops PPO
     # (the ablation that shows what PPO itself adds).

@@ -220,9 +220,11 @@ def training_queues(params: Params, n_envs: int, seed: int) -> list[EpisodeQueue
 
 
 def training_env_config(params: Params) -> EnvConfig:
-    """The env for training episodes: `ppo.max_episode_steps` may shorten the horizon."""
-    horizon = params.ppo.max_episode_steps
-    return params.env if horizon is None else params.env.model_copy(update={"max_episode_steps": horizon})
+    """The env for training episodes: `ppo.max_episode_steps` may shorten the horizon and
+    `ppo.step_cost` replace the reward's cost per step (evaluation keeps `env`'s)."""
+    update = {"max_episode_steps": params.ppo.max_episode_steps, "step_cost": params.ppo.step_cost}
+    update = {key: value for key, value in update.items() if value is not None}
+    return params.env.model_copy(update=update) if update else params.env
 
 
 def run_round(policy: VLAPolicy, buffer: SelfBCBuffer, params: Params, round_name: str) -> RoundResult:
