@@ -18,7 +18,8 @@ app = stage_app(__doc__)
 def ire_round(
     round_name: str = typer.Option(..., "--round", help="Round name (a key of `ire_rounds` in params.yaml)."),
     data: Path = typer.Option(Path("data"), help="Root of checkpoints/ and buffers/."),
-    demos: Path = typer.Option(Path("data/buffers/demos"), help="Expert demos (what an sl round learns besides D_RL)."),
+    demos: Path = typer.Option(None, help="Expert demos (what an sl round learns besides D_RL); "
+                                        "default <data>/buffers/<the round's `demos`>."),
     curve: Path = typer.Option(None, help="Training curve (default data/metrics/train-<round>.json)."),
     params_file: Path = PARAMS,
 ):
@@ -45,7 +46,8 @@ def ire_round(
     policy = load_policy(checkpoint_dir(item.policy_in, data), section.device)
     tasks = resolve_tasks(params.env)
     check_policy_fits_env(policy, params.env, tasks, checkpoint_dir(item.policy_in, data))
-    source = None if item.buffer_in == "demos" else buffer_dir(item.buffer_in, data)
+    demos = demos or buffer_dir(item.demos, data)
+    source = None if item.buffer_in == item.demos else buffer_dir(item.buffer_in, data)
     if source is not None:
         check_snapshot_fits_env(source, read_manifest(source), params.env)
     d_rl, filtered = open_d_rl(params, source)

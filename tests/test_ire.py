@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -20,9 +21,15 @@ from vla_pipeline.training.ire import MixedWindows
 PPO = {"decisions_per_iteration": 16, "epochs": 2, "minibatch_size": 8, "target_kl": None}
 IRE = {"rl_iterations": 2, "critic_warmup_iterations": 1, "sl_steps": 6, "sl_batch_size": 8, "sl_warmup_steps": 1,
        "sl_rl_fraction": 0.25, "episodes_per_group": 1}
-CHAIN = {"rl1": {"kind": "rl", "policy_in": "sft", "buffer_in": "demos"},
-         "sl1": {"kind": "sl", "policy_in": "rl1", "buffer_in": "rl1", "test": True},
-         "base1": {"kind": "ppo", "policy_in": "sft", "buffer_in": "demos"}}
+
+
+def ire(kind: str, policy_in: str, buffer_in: str, base: str = "sft", demos: str = "demos", **more) -> dict:
+    """An `ire_rounds` item of a chain from `base` (and its `demos`)."""
+    return {"kind": kind, "policy_in": policy_in, "buffer_in": buffer_in, "base": base, "demos": demos, **more}
+
+
+CHAIN = {"rl1": ire("rl", "sft", "demos"), "sl1": ire("sl", "rl1", "rl1", test=True),
+         "base1": ire("ppo", "sft", "demos")}
 TRUNK_EXCLUDED = ("action_head.", "value_head.", "action_log_std")
 
 
@@ -127,26 +134,60 @@ def test_groups_split_train_configurations_by_demo(tiny_demos, tiny_params):
     for ep in episodes:
         assert (ep.configuration in with_demo[ep.task]) == (ep.split == "expert")
     assert episodes == group_episodes(tiny_params.env, tiny_params.evaluate, with_demo, 2)
-    with pytest.raises(ValueError, match="with a demo"):
-        group_episodes(tiny_params.env, tiny_params.evaluate, with_demo, 3)
+    # More expert episodes than placements with a demo (a small set): each of them once.
+    capped = group_episodes(tiny_params.env, tiny_params.evaluate, with_demo, 3)
+    counts = Counter((e.task, e.split) for e in capped)
+    assert all(counts[task, "expert"] == len(with_demo[task]) == 2 and counts[task, "new"] == 3 for task in with_demo)
+    assert len({(e.task, e.configuration) for e in capped if e.split == "expert"}) == 2 * len(with_demo)
+    with pytest.raises(ValueError, match="with a demo"):  # a task without a single demo
+        group_episodes(tiny_params.env, tiny_params.evaluate, {task: set() for task in with_demo}, 1)
+
+
+SMALL = {"base": "sft-small", "demos": "demos-small"}
 
 
 @pytest.mark.parametrize("rounds, message", [
-    ({"s": {"kind": "sl", "policy_in": "sft", "buffer_in": "demos"}}, "buffer_in must name an iRe-VLA round"),
-    ({"a": {"kind": "rl", "policy_in": "b", "buffer_in": "demos"},
-      "b": {"kind": "rl", "policy_in": "sft", "buffer_in": "demos"}}, "listed before it"),
-    ({"a": {"kind": "rl", "policy_in": "sft", "buffer_in": "nowhere"}}, "neither demos nor"),
-    ({"r01": {"kind": "rl", "policy_in": "sft", "buffer_in": "demos"}}, "not sft/sft-small/demos/demos-small/expert nor an ACPPO"),
-    ({"a": {"kind": "rlx", "policy_in": "sft", "buffer_in": "demos"}}, "kind"),
+    ({"s": ire("sl", "sft", "demos")}, "buffer_in must name an iRe-VLA round"),
+    ({"a": ire("rl", "b", "demos"), "b": ire("rl", "sft", "demos")}, "listed before it"),
+    ({"a": ire("rl", "sft", "nowhere")}, "neither demos .an empty D_RL. nor"),
+    ({"r01": ire("rl", "sft", "demos")}, "not sft/sft-small/demos/demos-small/expert nor an ACPPO"),
+    ({"a": ire("rlx", "sft", "demos")}, "kind"),
+    # base and demos name the SFT the chain starts from: DVC pairs and finds the demos by them
+    ({"a": {"kind": "rl", "policy_in": "sft", "buffer_in": "demos"}}, r"a.base: missing, .* set base: sft"),
+    ({"a": ire("rl", "sft-small", "demos-small")}, r"a.base: 'sft', but its chain starts from 'sft-small'"),
+    ({"a": ire("rl", "sft-small", "demos-small", base="sft-small")}, r"a.demos: 'demos', .* set demos: demos-small"),
+    ({"a": ire("rl", "sft-small", "demos", **SMALL)}, "neither demos-small .an empty D_RL. nor"),
+    ({"a": ire("rl", "sft", "demos"), "b": ire("rl", "sft-small", "a", **SMALL)}, "of the same chain"),
 ])
 def test_bad_chains_are_refused(rounds, message):
     with pytest.raises(PipelineError, match=message):
         parse_params(tiny_raw(ire_rounds=rounds))
 
 
-def test_unknown_baseline_is_refused():
-    with pytest.raises(PipelineError, match="ire.baselines"):
-        parse_params(tiny_raw(ire={"baselines": ["sft", "r09"]}))
+@pytest.mark.parametrize("baselines, message", [
+    ({"sft": "demos", "r09": "demos"}, "'r09' is neither"),
+    ({"sft-small": "demos"}, r"ire.baselines.sft-small: 'demos', but sft-small comes from 'demos-small'"),
+])
+def test_bad_baselines_are_refused(baselines, message):
+    with pytest.raises(PipelineError, match=message):
+        parse_params(tiny_raw(ire={"baselines": baselines}))
+
+
+def test_a_chain_from_the_small_set_learns_only_from_its_demos(tmp_path, tiny_demos, tiny_checkpoint):
+    """An iRe-VLA chain from sft-small: its RL round starts an empty D_RL from demos-small and
+    its SL round reads demos-small by default; the main demos are not even there to be read."""
+    rounds = {"srl": ire("rl", "sft-small", "demos-small", **SMALL), "ssl": ire("sl", "srl", "srl", **SMALL)}
+    raw = tiny_raw(ppo=PPO, ire={**IRE, "baselines": {"sft": "demos", "sft-small": "demos-small"}}, ire_rounds=rounds)
+    data, params = tiny_data_root(tmp_path, tiny_demos, tiny_checkpoint, raw)
+    (data / "checkpoints" / "sft").rename(data / "checkpoints" / "sft-small")
+    (data / "buffers" / "demos").rename(data / "buffers" / "demos-small")
+    for name in rounds:
+        result = invoke("ire-round", "--round", name, "--data", data, "--params", params)
+        assert result.exit_code == 0, result.output
+    assert read_manifest(data / "buffers" / "ssl")["provenance"]["policy_in"] == "srl"
+    from vla_pipeline.report.collect import planned_methods
+    methods = {m.name: m for m in planned_methods(parse_params(raw))}
+    assert (methods["ssl"].base, methods["ssl"].family) == ("sft-small", "iRe-VLA")
 
 
 def test_a_round_of_the_other_family_names_its_command(ire_dir):

@@ -82,11 +82,14 @@ def group_episodes(cfg: EnvConfig, eval_cfg: EvaluateConfig, with_demo: Mapping[
                 continue
             rng = np.random.default_rng([eval_cfg.seed, t, len(SPLITS) + g])
             pool = pools[group]
-            if len(pool) < per_group:
+            # A small demo set has fewer placements with a demo than per_group: the expert group
+            # is then all of them (each once: a deterministic policy would repeat its result).
+            wanted = min(per_group, len(pool)) if group == "expert" and pool else per_group
+            if len(pool) < wanted:
                 raise ValueError(f"evaluate: {per_group} {group}-group episodes per task, but {task} has only "
                                  f"{len(pool)} train configurations {'with' if group == 'expert' else 'without'} "
                                  "a demo (ire.episodes_per_group)")
-            for i in rng.permutation(len(pool))[:per_group]:
+            for i in rng.permutation(len(pool))[:wanted]:
                 config = pool[int(i)]
                 episodes.append(EpisodeSpec(task, config.seed, config.index, int(rng.integers(2**31)), group))
     return episodes

@@ -134,10 +134,10 @@ class Params(BaseModel):
         self.round_params(name)
 
     def chain_root(self, name: str) -> str:
-        """The SFT checkpoint round `name`'s chain starts from."""
+        """The SFT checkpoint the chain of round `name` (ACPPO or iRe-VLA) starts from."""
         current = name
-        while current in self.rounds:
-            current = self.rounds[current].policy_in
+        while current in self.rounds or current in self.ire_rounds:
+            current = (self.rounds.get(current) or self.ire_rounds[current]).policy_in
         return current
 
     def round_params(self, name: str) -> "Params":
@@ -183,7 +183,8 @@ class Params(BaseModel):
                                  f"policy's chunk (policy.chunk_len {self.policy.chunk_len})")
 
     def _ire_chain(self) -> None:
-        """iRe-VLA rounds: names apart from ACPPO's, predecessors earlier in the list, kinds that fit."""
+        """iRe-VLA rounds: names apart from ACPPO's, predecessors earlier in the list and in the
+        same chain, kinds that fit, and `base` / `demos` naming the SFT the chain starts from."""
         import re
 
         names = list(self.ire_rounds)
@@ -195,16 +196,26 @@ class Params(BaseModel):
             if item.policy_in not in ROOT_CHECKPOINTS and item.policy_in not in names[:i]:
                 raise ValueError(f"{where}.policy_in: {item.policy_in!r} is neither {' / '.join(ROOT_CHECKPOINTS)} "
                                  "nor an iRe-VLA round listed before it")
-            if item.buffer_in != "demos" and item.buffer_in not in names[:i]:
-                raise ValueError(f"{where}.buffer_in: {item.buffer_in!r} is neither demos nor an iRe-VLA round "
-                                 "listed before it")
-            if item.kind == "sl" and item.buffer_in == "demos":
+            root = self.chain_root(name)
+            for key, expected in (("base", root), ("demos", ROOT_DEMOS[root])):
+                if getattr(item, key) != expected:
+                    said = "missing" if getattr(item, key) is None else repr(getattr(item, key))
+                    raise ValueError(f"{where}.{key}: {said}, but its chain starts from {root!r}: set {key}: "
+                                     f"{expected} (DVC reads it to pair the round and find its demos)")
+            if item.buffer_in != item.demos and (item.buffer_in not in names[:i]
+                                                  or self.ire_rounds[item.buffer_in].base != item.base):
+                raise ValueError(f"{where}.buffer_in: {item.buffer_in!r} is neither {item.demos} (an empty D_RL) "
+                                 f"nor an iRe-VLA round of the same chain listed before it")
+            if item.kind == "sl" and item.buffer_in == item.demos:
                 raise ValueError(f"{where}: an sl round learns from the demos plus an RL round's successes; "
-                                 "buffer_in must name an iRe-VLA round (its D_RL), not 'demos'")
-        unknown = [b for b in self.ire.baselines if b != "sft" and b not in self.rounds]
-        if unknown:
-            raise ValueError(f"ire.baselines: {unknown} are neither sft nor ACPPO rounds")
-
+                                 f"buffer_in must name an iRe-VLA round (its D_RL), not {item.demos!r}")
+        for name, demos in self.ire.baselines.items():
+            if name not in ROOT_CHECKPOINTS and name not in self.rounds:
+                raise ValueError(f"ire.baselines: {name!r} is neither {' / '.join(ROOT_CHECKPOINTS)} nor an ACPPO round")
+            expected = ROOT_DEMOS[self.chain_root(name)]
+            if demos != expected:
+                raise ValueError(f"ire.baselines.{name}: {demos!r}, but {name} comes from {expected!r} "
+                                 f"(its groups are drawn from the demos its SFT learned): set {name}: {expected}")
 
 def _with_overrides(base: Section, overrides: dict[str, Any], where: str, kind: str) -> Section:
     """`base` with the keys of `overrides` replaced, validated as a whole; errors name `where`.<key>."""

@@ -197,8 +197,10 @@ class IreConfig(Section):
     # The paper's groups, on train configurations: `expert` (with a demo: the forgetting check)
     # and `new` (without one: seen only by RL), this many episodes per task each.
     episodes_per_group: int = Field(10, ge=1)
-    # Other checkpoints evaluated on the same groups (the comparison rows): sft and ACPPO rounds.
-    baselines: list[str] = Field(default_factory=lambda: ["sft"])
+    # Other checkpoints evaluated on the same groups (the comparison rows), each with the demos
+    # its groups are drawn from: the demos of the SFT its chain starts from ({sft: demos,
+    # sft-small: demos-small, <ACPPO round>: its chain's demos}).
+    baselines: dict[str, str] = Field(default_factory=lambda: {"sft": "demos"})
 
 
 IRE_KINDS = ("rl", "sl", "ppo")
@@ -208,7 +210,10 @@ class IreRoundConfig(Section):
     # rl: PPO with the trunk frozen, no BC; sl: supervised on demos + D_RL; ppo: the unfrozen baseline
     kind: Literal["rl", "sl", "ppo"]
     policy_in: str  # "sft", "sft-small" or an earlier iRe-VLA round
-    buffer_in: str  # an earlier iRe-VLA round's D_RL; "demos" starts an empty D_RL (rl / ppo only)
+    buffer_in: str  # an earlier round's D_RL; the chain's demos start an empty D_RL (rl / ppo only)
+    base: Optional[str] = None  # the SFT checkpoint the chain starts from (required): paired with its episodes
+    demos: Optional[str] = None  # that checkpoint's demos (required): what sl rounds learn, where groups come from
+    chain: Optional[str] = None  # the report's row group; None: "iRe-VLA" (rl / sl) or "PPO" (kind ppo)
     test: bool = False  # also evaluate on the test split (a chain's final round)
 
 

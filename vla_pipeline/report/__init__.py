@@ -97,7 +97,7 @@ def _chains(results: list[collect.MethodResult]) -> dict[str, list[str]]:
 
 def _plots(metrics_dir: Path, results: list[collect.MethodResult]) -> list[tuple[str, bytes]]:
     names = [r.name for r in results]
-    supervised = [n for n in names if n.startswith("sft")] + [r.name for r in results if r.method.family == "iRe-VLA"]
+    supervised = [n for n in names if n.startswith("sft")] + [r.name for r in results if r.method.family.startswith("iRe-VLA")]
     offline = [r.name for r in results if r.method.base == "sft-offline"]
     plots = [("Success and steps to success against env steps (every RL chain)",
               figures.rl_curves(metrics_dir, _chains(results))),

@@ -65,9 +65,9 @@ def planned_methods(params) -> list[Method]:
                Method("sft-small", "imitation on the small demo set (demos_small)", "sft")]
     # ACPPO rounds: one family per chain (its `chain` label), paired with the SFT it starts from
     methods += [Method(k, r.chain, r.base, r.chain, r.test) for k, r in params.rounds.items()]
-    for key, r in params.ire_rounds.items():
+    for key, r in params.ire_rounds.items():  # iRe-VLA rounds and the unfrozen-PPO baseline (kind ppo)
         family, chain = ("PPO baseline (unfrozen, no BC)", "PPO") if r.kind == "ppo" else ("iRe-VLA", "iRe-VLA")
-        methods.append(Method(key, family, "sft", chain, r.test))
+        methods.append(Method(key, r.chain or family, r.base, r.chain or chain, r.test))
     methods.append(Method("sft-offline", "imitation on the small demo set", "sft"))
     methods += [Method(k, "CO-RFT (offline, chunked TD)", "sft-offline", None, r.test)
                 for k, r in params.offline_runs.items()]

@@ -66,7 +66,7 @@ def _headline_results(results: list[collect.MethodResult], demonstrator: str, sm
         elif r.method.chain:
             final = last[r.method.chain] == r.name
             prefix = {"ACPPO": "ACPPO", "iRe-VLA": "iRe-VLA", "PPO": "unfrozen PPO (baseline)"}.get(r.method.chain, fam)
-            rows.append((r, f"{prefix} `{r.name}`" + (" (final)" if final else ""), final and r.method.chain != "PPO"))
+            rows.append((r, f"{prefix} `{r.name}`" + (" (final)" if final else ""), final and not r.method.chain.startswith("PPO")))
         elif r.name == "sft-offline":
             rows.append((r, f"SFT on CO-RFT's small set (`sft-offline`: {small_set})", False))
         elif fam.startswith("CO-RFT") and not corft_shown:
