@@ -143,6 +143,36 @@ def versions(
     typer.echo(json.dumps(records, indent=2, sort_keys=True) if as_json else format_versions(records))
 
 
+@app.command("expert-pace")
+@user_errors
+def expert_pace(
+    episodes: int = typer.Option(10, min=1, max=50, help="Placements per task (the first of the split)."),
+    split: str = typer.Option("validation", help="Whose placements: validation, test or train."),
+    out: Path = typer.Option(None, help="Write the table here (JSON)."),
+    params_file: Path = PARAMS,
+):
+    """Both scripted demonstrators per task: steps to success and the share of steps with a hand
+    axis at the action limit (how much room a policy has to finish sooner than its teacher)."""
+    from vla_pipeline.bench.pace import expert_pace as measure
+    from vla_pipeline.constants import SPLITS
+
+    (split,) = parse_splits(split, SPLITS)
+    table = measure(load_params(params_file), episodes, split)
+    if out is not None:
+        write_json_atomic(out, table)
+    for task, kinds in table["tasks"].items():
+        typer.echo(f"{task:26s} " + _pace_cells(kinds))
+    typer.echo(f"{'mean over tasks':26s} " + _pace_cells(table["mean"]))
+
+
+def _pace_cells(kinds: dict) -> str:
+    return " | ".join(f"{kind} {_steps(row)} steps, {row['share_at_limit']:.2f} at the limit" for kind, row in kinds.items())
+
+
+def _steps(row: dict) -> str:
+    return "-" if row["steps_to_success"] is None else f"{row['steps_to_success']:5.1f}"
+
+
 @app.command("sweep")
 @user_errors
 def sweep(root: Path = typer.Option(Path("data"), help="Directory to clean.")):

@@ -3,6 +3,7 @@
 import json
 import statistics
 
+import numpy as np
 import pytest
 
 from tests.conftest import tiny_raw
@@ -125,3 +126,34 @@ def test_the_main_chain_is_what_the_final_round_from_sft_needs():
     assert {"collect_demos", "sft", "evaluate@sft", f"ppo@{final}", f"evaluate_round@{final}", "report"} <= stages
     assert not any(s.startswith(("ire_round", "offline", "sft_small", "evaluate@sft-small")) for s in stages)
     assert not any("@s0" in s or "@b0" in s for s in stages)
+
+
+def test_share_at_limit_counts_steps_whose_largest_hand_command_is_clipped():
+    from vla_pipeline.bench.pace import share_at_limit
+
+    actions = [[1.0, 0.2, 0.0, -1.0],    # x at the limit
+               [0.3, -0.995, 0.1, 1.0],  # y at the limit (its sign does not matter)
+               [0.5, 0.5, 0.5, 1.0],     # none; the gripper (last column) never counts
+               [0.0, 0.0, 0.98, -1.0]]   # just under
+    assert share_at_limit(np.asarray(actions)) == 0.5
+    assert share_at_limit(np.zeros((0, 4))) == 0.0
+
+
+def test_expert_pace_runs_both_demonstrators_on_real_physics(tmp_path, tiny_params_file):
+    """Real MetaWorld, tiny params (reach and drawer-close, 2 validation placements each): the
+    `direct` plans finish both tasks sooner than MetaWorld's own scripts, and the table adds up."""
+    from tests.conftest import invoke
+
+    out = tmp_path / "pace.json"
+    result = invoke(["expert-pace", "--episodes", "2", "--out", out, "--params", tiny_params_file])
+    assert result.exit_code == 0, result.output
+    table = json.loads(out.read_text())
+    assert table["split"] == "validation" and table["episodes_per_task"] == 2
+    for task, kinds in table["tasks"].items():
+        assert kinds["direct"]["successes"] == kinds["metaworld"]["successes"] == 2, task
+        assert kinds["direct"]["steps_to_success"] < kinds["metaworld"]["steps_to_success"], task
+        assert 0.0 <= kinds["direct"]["share_at_limit"] <= 1.0 and task in result.output
+    mean = statistics.mean(k["direct"]["steps_to_success"] for k in table["tasks"].values())
+    assert table["mean"]["direct"]["steps_to_success"] == pytest.approx(mean)
+    bad = invoke(["expert-pace", "--split", "expert", "--params", tiny_params_file])
+    assert bad.exit_code != 0 and "choose from" in bad.output
