@@ -69,7 +69,7 @@ def machine_facts(params: Params) -> dict:
     from vla_pipeline.provenance import software_versions
 
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu_count": os.cpu_count(), "usable_cpus": usable, "cpu_model": _cpu_model(),
+    return {"cpu_count": os.cpu_count(), "usable_cpus": usable, "cpu_model": cpuinfo_field("model name"),
             "architecture": platform.machine(), "mujoco_gl": os.environ.get("MUJOCO_GL"),
             "torch_threads": {"default": torch.get_num_threads(), "acting": 1, "sft": params.sft.num_threads,
                               "ppo": params.ppo.num_threads},
@@ -83,10 +83,6 @@ def cpuinfo_field(name: str) -> Optional[str]:
             if line.startswith(name):
                 return line.partition(":")[2].strip()
     return None
-
-
-def _cpu_model() -> Optional[str]:
-    return cpuinfo_field("model name")
 
 
 # ----------------------------------------------------------------------------- child processes

@@ -42,8 +42,8 @@ def _pace(sim: TaskSim, task: str, placements, kind: str, split: str) -> dict:
         episode = run_expert_episode(sim, EpisodeSpec(task, place.seed, place.index, i, split), 0.0, None,
                                      expert=kind)
         at_limit.append(share_at_limit(np.asarray(episode.actions)))
-        if sim.success_step > 0:
-            steps.append(sim.success_step)
+        if episode.steps_to_success > 0:
+            steps.append(episode.steps_to_success)
     return {"successes": len(steps), "steps_to_success": float(np.mean(steps)) if steps else None,
             "share_at_limit": float(np.mean(at_limit))}
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional
 
-from vla_pipeline.bench.measure import _cpu_model, cpuinfo_field
+from vla_pipeline.bench.measure import cpuinfo_field
 from vla_pipeline.errors import PipelineError
 from vla_pipeline.io import write_json_atomic
 
@@ -70,7 +70,7 @@ def cpu_facts() -> dict:
 
     flags = set((cpuinfo_field("flags") or "").split())
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"model": _cpu_model(), "usable_cpus": usable, "flags": [f for f in SPEED_FLAGS if f in flags]}
+    return {"model": cpuinfo_field("model name"), "usable_cpus": usable, "flags": [f for f in SPEED_FLAGS if f in flags]}
 
 
 def summarize(seconds: dict[str, float], main_stages: set[str], cpu: dict) -> dict:
