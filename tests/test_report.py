@@ -76,7 +76,7 @@ def test_report_lists_every_method_with_metrics_and_embeds_everything(world, tmp
     metrics, videos, params = world
     out = tmp_path / "report"
     summary = build_report(metrics, videos, params, out)
-    assert summary["methods"] == ["expert", "sft", "r01", "sft-offline", "corft"]  # pipeline order; no ire rows
+    assert summary["methods"] == ["expert", "sft", "sft-offline", "r01", "corft"]  # pipeline order; no ire rows
     assert summary["previews"] == 3 and summary["plots"] == 2  # RL chain and loss curves; no offline curve
     page = (out / "report.html").read_text()
     for name in summary["methods"]:

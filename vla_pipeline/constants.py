@@ -51,7 +51,11 @@ TRAINING_STATE_FILE = "training_state.json"
 
 # Where a chain of rounds can start: the SFT checkpoints and the demo snapshots under data/.
 # `-small`: the small demonstration set (subset_demos stage) and the SFT trained on it.
-ROOT_CHECKPOINTS = ("sft", "sft-small")
-ROOT_BUFFERS = ("demos", "demos-small")
+# `-offline`: CO-RFT's set from MetaWorld's own (slower) scripts, and the SFT trained on it.
+ROOT_CHECKPOINTS = ("sft", "sft-small", "sft-offline")
+ROOT_BUFFERS = ("demos", "demos-small", "demos-offline")
 # Each SFT checkpoint with the demos it was trained on: a chain from one starts from the other.
 ROOT_DEMOS = dict(zip(ROOT_CHECKPOINTS, ROOT_BUFFERS))
+# Their rows in the report (each paired with SFT on every demo, `sft`, on the same episodes).
+ROOT_LABELS = {"sft": "imitation (SFT)", "sft-small": "imitation on the small demo set (demos_small)",
+               "sft-offline": "imitation on CO-RFT's demo set (offline_demos)"}

@@ -21,12 +21,12 @@ from vla_pipeline.config.params import DEFAULT_PARAMS_FILE, ROUND_NAME, SECTIONS
 from vla_pipeline.config.policy import PolicyConfig, TextConfig, VisionConfig
 from vla_pipeline.config.training import (
     IRE_KINDS, BCConfig, BufferConfig, IreConfig, IreRoundConfig, OfflineConfig, OfflineRunConfig, PPOConfig,
-    RoundConfig, SFTConfig,
+    ReportRow, RoundConfig, SFTConfig,
 )
 
 __all__ = [
     "BCConfig", "BufferConfig", "DEFAULT_PARAMS_FILE", "DemosConfig", "EnvConfig", "EvaluateConfig", "IRE_KINDS",
     "IreConfig", "IreRoundConfig", "OfflineConfig", "OfflineRunConfig", "PPOConfig", "Params", "PolicyConfig",
-    "ROUND_NAME", "RayConfig", "RenderConfig", "RoundConfig", "SECTIONS", "SFTConfig", "Section", "TextConfig",
+    "ROUND_NAME", "ReportRow", "RayConfig", "RenderConfig", "RoundConfig", "SECTIONS", "SFTConfig", "Section", "TextConfig",
     "VisionConfig", "load_params", "parse_params",
 ]

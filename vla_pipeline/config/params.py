@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Iterator
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -77,6 +77,15 @@ class Params(BaseModel):
     demos_small: DemoSubsetConfig = DemoSubsetConfig()
     # SFT on the small demo set: keys of `sft` it sets otherwise; {} = the `sft` recipe unchanged.
     sft_small: dict[str, Any] = Field(default_factory=dict)
+
+    # The sections holding a method's runs (name -> run config with `test` and `report_row()`),
+    # in pipeline order. The report lists every run of these; a new method adds its section here.
+    RUN_SECTIONS: ClassVar[tuple[str, ...]] = ("rounds", "ire_rounds", "offline_runs")
+
+    def runs(self) -> Iterator[tuple[str, Any]]:
+        """(name, run config) of every method's runs, in pipeline order."""
+        for section in self.RUN_SECTIONS:
+            yield from getattr(self, section).items()
 
     @model_validator(mode="after")
     def _rounds_chain(self) -> "Params":

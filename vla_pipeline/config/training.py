@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Optional
+from typing import Any, Literal, NamedTuple, Optional
 
 from pydantic import Field, field_validator, model_validator
 
 from vla_pipeline.config.base import Section, check_device
 from vla_pipeline.metaworld_names import check_task_names
+
+
+class ReportRow(NamedTuple):
+    """Where a run of a method appears in the report: every run config says it (`report_row`),
+    so the report lists a new method's runs without naming it."""
+
+    family: str  # the table's row group
+    base: str | None  # paired with this checkpoint's episodes
+    chain: str | None  # the training curve it belongs to (None: no RL curve)
 
 
 # Learning rates: > 0 and at most MAX_LR. Adam's step is about lr per weight whatever the
@@ -170,6 +179,9 @@ class RoundConfig(Section):
     set: dict[str, dict[str, Any]] = Field(default_factory=dict)
     test: bool = False  # also evaluate on the test split (the final round); else validation only
 
+    def report_row(self) -> ReportRow:
+        return ReportRow(self.chain, self.base, self.chain)
+
 
 class IreConfig(Section):
     """iRe-VLA: RL rounds with the trunk frozen (action head, log-std and critic train, no BC),
@@ -215,6 +227,11 @@ class IreRoundConfig(Section):
     demos: Optional[str] = None  # that checkpoint's demos (required): what sl rounds learn, where groups come from
     chain: Optional[str] = None  # the report's row group; None: "iRe-VLA" (rl / sl) or "PPO" (kind ppo)
     test: bool = False  # also evaluate on the test split (a chain's final round)
+
+    def report_row(self) -> ReportRow:
+        if self.kind == "ppo":
+            return ReportRow(self.chain or "PPO baseline (unfrozen, no BC)", self.base, self.chain or "PPO")
+        return ReportRow(self.chain or "iRe-VLA", self.base, self.chain or "iRe-VLA")
 
 
 class OfflineConfig(Section):
@@ -268,8 +285,16 @@ class OfflineConfig(Section):
         return self
 
 
+OFFLINE_BASE = "sft-offline"  # the checkpoint every CO-RFT run starts from
+
+
 class OfflineRunConfig(Section):
     """One CO-RFT run: the `offline` settings with `set` overriding some (an ablation)."""
 
     set: dict[str, Any] = Field(default_factory=dict)
     test: bool = False  # also evaluated on the test split
+    family: str = Field("CO-RFT (offline, chunked TD)", min_length=1)  # the report's row group
+
+    def report_row(self) -> ReportRow:
+        # every run starts from CO-RFT's own SFT (dvc.yaml's offline stage) and has no RL curve
+        return ReportRow(self.family, OFFLINE_BASE, None)

@@ -98,7 +98,8 @@ def _chains(results: list[collect.MethodResult]) -> dict[str, list[str]]:
 def _plots(metrics_dir: Path, results: list[collect.MethodResult]) -> list[tuple[str, bytes]]:
     names = [r.name for r in results]
     supervised = [n for n in names if n.startswith("sft")] + [r.name for r in results if r.method.family.startswith("iRe-VLA")]
-    offline = [r.name for r in results if r.method.base == "sft-offline"]
+    # CO-RFT's runs: from its SFT, no RL chain (an ACPPO chain may start from the same SFT)
+    offline = [r.name for r in results if r.method.base == "sft-offline" and r.method.chain is None]
     plots = [("Success and steps to success against env steps (every RL chain)",
               figures.rl_curves(metrics_dir, _chains(results))),
              ("Supervised loss (SFT, SFT on the small set, iRe-VLA's SL rounds)",

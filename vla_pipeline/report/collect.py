@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vla_pipeline.constants import REPORTED, SPLITS
+from vla_pipeline.constants import REPORTED, ROOT_CHECKPOINTS, ROOT_LABELS, SPLITS
 from vla_pipeline.errors import PipelineError
 from vla_pipeline.io import read_json
 from vla_pipeline.stats import paired_comparison, read_episode_records
@@ -60,17 +60,13 @@ class MethodResult:
 
 
 def planned_methods(params) -> list[Method]:
-    """Every method the params define, in pipeline order."""
-    methods = [Method("expert", "scripted expert"), Method("sft", "imitation (SFT)"),
-               Method("sft-small", "imitation on the small demo set (demos_small)", "sft")]
-    # ACPPO rounds: one family per chain (its `chain` label), paired with the SFT it starts from
-    methods += [Method(k, r.chain, r.base, r.chain, r.test) for k, r in params.rounds.items()]
-    for key, r in params.ire_rounds.items():  # iRe-VLA rounds and the unfrozen-PPO baseline (kind ppo)
-        family, chain = ("PPO baseline (unfrozen, no BC)", "PPO") if r.kind == "ppo" else ("iRe-VLA", "iRe-VLA")
-        methods.append(Method(key, r.chain or family, r.base, r.chain or chain, r.test))
-    methods.append(Method("sft-offline", "imitation on the small demo set", "sft"))
-    methods += [Method(k, "CO-RFT (offline, chunked TD)", "sft-offline", None, r.test)
-                for k, r in params.offline_runs.items()]
+    """Every method the params define, in pipeline order: the expert, the SFT checkpoints, then
+    the runs of every method section (`Params.RUN_SECTIONS`), each in the row its config names."""
+    methods = [Method("expert", "scripted expert")]
+    methods += [Method(root, ROOT_LABELS[root], None if root == "sft" else "sft") for root in ROOT_CHECKPOINTS]
+    for name, run in params.runs():
+        family, base, chain = run.report_row()
+        methods.append(Method(name, family, base, chain, run.test))
     return methods
 
 
