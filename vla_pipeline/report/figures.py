@@ -85,17 +85,28 @@ def rl_curves(metrics_dir: Path, chains: dict[str, list[str]]) -> bytes | None:
     if not lines:
         return None
     fig, (left, right) = _new_figure(2)
-    for i, (chain, (steps, success, to_success)) in enumerate(lines.items()):
+    colours = _distinct_colours(len(lines))
+    for colour, (chain, (steps, success, to_success)) in zip(colours, lines.items()):
         for ax, values in ((left, success), (right, to_success)):
             raw = np.array([np.nan if v is None else v for v in values], float)
-            ax.plot(steps, raw, color=f"C{i}", alpha=0.25, linewidth=0.8)
-            ax.plot(steps, _moving_mean(raw, SMOOTHING), color=f"C{i}", label=chain)
+            ax.plot(steps, raw, color=colour, alpha=0.25, linewidth=0.8)
+            ax.plot(steps, _moving_mean(raw, SMOOTHING), color=colour, label=chain)
+            ax.xaxis.set_major_formatter(lambda x, _: f"{x / 1000:g}k")  # 140000 crowds the axis
     left.set(xlabel="env steps", ylabel="rollout success rate",
              title=f"RL chains: success (faint: per iteration; bold: mean of {SMOOTHING})")
     right.set(xlabel="env steps", ylabel="steps to success", title="RL chains: steps to success")
     left.legend(fontsize=8)
     fig.tight_layout()
     return _figure_png(fig)
+
+
+def _distinct_colours(n: int) -> list:
+    """Matplotlib's 10 default colours, or tab20's 20 when more lines share an axis."""
+    import matplotlib
+
+    if n <= 10:
+        return [f"C{i}" for i in range(n)]
+    return [matplotlib.colormaps["tab20"](i % 20) for i in range(n)]
 
 
 def loss_curves(metrics_dir: Path, names: list[str], title: str) -> bytes | None:

@@ -184,7 +184,7 @@ only the base solved, exact McNemar p, steps difference on episodes both solved.
 or SFT on the small set for CO-RFT) paired on the same episodes. A gain is called real only when it is positive on
 every seed. "Of this run": whether one seed scores what the committed final policy scores now (a table measured
 under an earlier default is kept as evidence, marked "no").</p>
-<table><tr><th class="l">chain</th><th class="l">split</th><th class="l">success per seed</th>
+<table class="wrap"><tr><th class="l">chain</th><th class="l">split</th><th class="l">success per seed</th>
 <th class="l">gain per seed</th><th class="l">p per seed</th><th>mean gain</th><th>positive on every seed</th>
 <th class="l">of this run</th><th class="l">file</th></tr>
 {% for t in seeds %}<tr><td class="l">{{ t.chain }}</td><td class="l">{{ t.split }}</td>
