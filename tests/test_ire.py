@@ -150,7 +150,7 @@ SMALL = {"base": "sft-small", "demos": "demos-small"}
     ({"s": ire("sl", "sft", "demos")}, "buffer_in must name an iRe-VLA round"),
     ({"a": ire("rl", "b", "demos"), "b": ire("rl", "sft", "demos")}, "listed before it"),
     ({"a": ire("rl", "sft", "nowhere")}, "neither demos .an empty D_RL. nor"),
-    ({"r01": ire("rl", "sft", "demos")}, "not sft/sft-small/demos/demos-small/expert nor an ACPPO"),
+    ({"r01": ire("rl", "sft", "demos")}, "not sft/sft-small/sft-offline/demos/demos-small/demos-offline/expert nor an ACPPO"),
     ({"a": ire("rlx", "sft", "demos")}, "kind"),
     # base and demos name the SFT the chain starts from: DVC pairs and finds the demos by them
     ({"a": {"kind": "rl", "policy_in": "sft", "buffer_in": "demos"}}, r"a.base: missing, .* set base: sft"),
