@@ -208,7 +208,7 @@ under an earlier default is kept as evidence, marked "no").</p>
 
 {% if previews %}<h2>Rollouts</h2>
 <p class="note">From the videos each evaluation recorded: {% if animations %}an animated preview and {% endif %}a still
-strip (start to end) per episode, one success and one failure per task where the evaluation recorded them.{% if not animations %}
+strip (start to end) per episode, one success and one failure per task where the evaluation recorded them. {% if not animations %}
 Policies evaluated on the test split only; the full page with animations is data/report/report.html.{% endif %}</p>
 {% for method, rows in previews %}<h3>{{ method }}</h3>
 <table class="rollouts"><tr><th class="l">task</th><th class="l">success</th><th class="l">failure</th></tr>
