@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vla_pipeline.config.training import OFFLINE_BASE
 from vla_pipeline.errors import PipelineError
 from vla_pipeline.io import atomic_directory, read_json, write_json_atomic, write_text_atomic
 from vla_pipeline.report import collect, figures, render
@@ -99,7 +100,7 @@ def _plots(metrics_dir: Path, results: list[collect.MethodResult]) -> list[tuple
     names = [r.name for r in results]
     supervised = [n for n in names if n.startswith("sft")] + [r.name for r in results if r.method.family.startswith("iRe-VLA")]
     # CO-RFT's runs: from its SFT, no RL chain (an ACPPO chain may start from the same SFT)
-    offline = [r.name for r in results if r.method.base == "sft-offline" and r.method.chain is None]
+    offline = [r.name for r in results if r.method.base == OFFLINE_BASE and r.method.chain is None]
     plots = [("Success and steps to success against env steps (every RL chain)",
               figures.rl_curves(metrics_dir, _chains(results))),
              ("Supervised loss (SFT, SFT on the small set, iRe-VLA's SL rounds)",

@@ -91,7 +91,8 @@ def rl_curves(metrics_dir: Path, chains: dict[str, list[str]]) -> bytes | None:
             raw = np.array([np.nan if v is None else v for v in values], float)
             ax.plot(steps, raw, color=colour, alpha=0.25, linewidth=0.8)
             ax.plot(steps, _moving_mean(raw, SMOOTHING), color=colour, label=chain)
-            ax.xaxis.set_major_formatter(lambda x, _: f"{x / 1000:g}k")  # 140000 crowds the axis
+    for ax in (left, right):
+        ax.xaxis.set_major_formatter(lambda x, _: f"{x / 1000:g}k")  # 140000 crowds the axis
     left.set(xlabel="env steps", ylabel="rollout success rate",
              title=f"RL chains: success (faint: per iteration; bold: mean of {SMOOTHING})")
     right.set(xlabel="env steps", ylabel="steps to success", title="RL chains: steps to success")
