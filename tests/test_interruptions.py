@@ -25,8 +25,11 @@ def wait_for_partial_write(parent: Path, name: str, timeout: float = 120) -> boo
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for tmp in parent.glob(f".{name}.tmp-*"):
-            if any(tmp.iterdir()):
-                return True
+            try:
+                if any(tmp.iterdir()):
+                    return True
+            except FileNotFoundError:  # renamed into place between glob and listing: poll again
+                continue
         time.sleep(0.005)
     return False
 
